@@ -1,0 +1,52 @@
+"""dynasor-graph: Certaindex-driven early exit for reasoning graphs in LangGraph.
+
+Reasoning models keep thinking after their answer has settled. Dynasor (arXiv 2412.20993)
+measures how settled it is, the Certaindex in [0, 1], and stops spending compute once it is
+high. Here the reasoning algorithms are LangGraph graphs, the Certaindex is a state field and
+conditional edges route on it: ``exit``, ``continue`` or ``widen``.
+"""
+
+from . import certaindex
+from ._answers import HESITATION_WORDS, equivalent, final_answer, is_confident, probe_answer
+from ._config import DEFAULT_PROBE_SUFFIX, EFFORT_PRESETS, CoTConfig, Effort, Endpoint
+from ._errors import (
+    DynasorError,
+    EndpointError,
+    EndpointUnreachable,
+    LocalServerError,
+    ServerRefused,
+)
+from ._state import CoTInput, CoTOutput, CoTState, Probe, StopReason, Usage, add_usage
+from .certaindex import Decision, decide, probe_agreement
+from .cot import create_dynasor_cot, solve
+
+__all__ = [
+    "DEFAULT_PROBE_SUFFIX",
+    "EFFORT_PRESETS",
+    "HESITATION_WORDS",
+    "CoTConfig",
+    "CoTInput",
+    "CoTOutput",
+    "CoTState",
+    "Decision",
+    "DynasorError",
+    "Effort",
+    "Endpoint",
+    "EndpointError",
+    "EndpointUnreachable",
+    "LocalServerError",
+    "Probe",
+    "ServerRefused",
+    "StopReason",
+    "Usage",
+    "add_usage",
+    "certaindex",
+    "create_dynasor_cot",
+    "decide",
+    "equivalent",
+    "final_answer",
+    "is_confident",
+    "probe_agreement",
+    "probe_answer",
+    "solve",
+]

@@ -1,0 +1,132 @@
+"""The one place that calls the model: LiteLLM's async chat API against a vLLM server.
+
+Reasoning continues the assistant turn under the model's own chat template: the server renders
+the conversation with ``continue_final_message=True, add_generation_prompt=False``, so a probe
+(reasoning + suffix) shares the reasoning request's prompt byte for byte and vLLM's prefix cache
+serves it. Token counts are the server's ``usage``, never estimated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ._config import Endpoint
+from ._errors import EndpointUnreachable, ServerRefused
+
+# Without this, importing litellm fetches a price map from the internet and stalls offline.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One completion: its text, why it stopped, and the server's token counts."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def continuation(messages: list[Message], assistant_prefix: str) -> tuple[list[Message], dict[str, bool]]:
+    """Messages and template flags that make the model continue ``assistant_prefix``."""
+    if not assistant_prefix:
+        return messages, {"add_generation_prompt": True, "continue_final_message": False}
+    turn = [*messages, {"role": "assistant", "content": assistant_prefix}]
+    return turn, {"add_generation_prompt": False, "continue_final_message": True}
+
+
+async def complete(
+    endpoint: Endpoint,
+    messages: list[Message],
+    assistant_prefix: str,
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None = None,
+) -> Completion:
+    """Continue ``assistant_prefix`` after ``messages`` for at most ``max_tokens`` tokens.
+
+    Raises :class:`EndpointUnreachable` for transient failures (graph nodes retry those with
+    LangGraph's ``RetryPolicy``) and :class:`ServerRefused` with the server's own message.
+    """
+    import litellm
+
+    turn, template_flags = continuation(messages, assistant_prefix)
+    extra_body: dict[str, Any] = dict(template_flags)
+    if seed is not None:
+        extra_body["seed"] = seed
+    try:
+        response = await litellm.acompletion(
+            model=endpoint.model,
+            messages=turn,
+            api_base=endpoint.api_base,
+            api_key=endpoint.api_key.get_secret_value(),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            timeout=endpoint.timeout_s,
+            num_retries=0,  # retries belong to the graph's RetryPolicy, counted once
+            max_retries=0,
+            extra_body=extra_body,
+        )
+    except (
+        litellm.APIConnectionError,
+        litellm.Timeout,
+        litellm.ServiceUnavailableError,
+        litellm.InternalServerError,
+        litellm.RateLimitError,
+    ) as exc:
+        raise EndpointUnreachable(
+            f"cannot reach {endpoint.api_base}: {_server_message(exc)}", api_base=endpoint.api_base
+        ) from exc
+    except litellm.APIError as exc:
+        raise ServerRefused(
+            f"{endpoint.api_base} refused the request: {_server_message(exc)}",
+            api_base=endpoint.api_base,
+        ) from exc
+    except litellm.exceptions.OpenAIError as exc:  # any other status error from the server
+        raise ServerRefused(
+            f"{endpoint.api_base} refused the request: {_server_message(exc)}",
+            api_base=endpoint.api_base,
+        ) from exc
+    return _parse(response, endpoint)
+
+
+def _parse(response: Any, endpoint: Endpoint) -> Completion:
+    usage = getattr(response, "usage", None)
+    choices = getattr(response, "choices", None)
+    if usage is None or not choices:
+        raise ServerRefused(
+            f"{endpoint.api_base} returned no usage or no choices", api_base=endpoint.api_base
+        )
+    choice = choices[0]
+    return Completion(
+        text=choice.message.content or "",
+        finish_reason=str(choice.finish_reason or "stop"),
+        prompt_tokens=int(usage.prompt_tokens),
+        completion_tokens=int(usage.completion_tokens),
+    )
+
+
+def _server_message(exc: BaseException) -> str:
+    """The server's own error text, without LiteLLM's prefixes and tracebacks."""
+    text = str(getattr(exc, "message", None) or exc)
+    start = text.find("{")
+    if start != -1:
+        try:
+            body = json.loads(text[start:])
+            error = body.get("error", body) if isinstance(body, dict) else body
+            message = error.get("message") if isinstance(error, dict) else None
+            if message:
+                return str(message)
+        except ValueError:
+            pass
+    for prefix in ("litellm.", "Hosted_vllmException - ", "OpenAIException - "):
+        text = text.split(prefix)[-1] if prefix in text else text
+    return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
