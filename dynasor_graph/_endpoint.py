@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,9 @@ async def complete(
     LangGraph's ``RetryPolicy``) and :class:`ServerRefused` with the server's own message.
     """
     import litellm
+    import openai
 
+    litellm.suppress_debug_info = True  # no "Give Feedback" banners on every failure
     turn, template_flags = continuation(messages, assistant_prefix)
     extra_body: dict[str, Any] = dict(template_flags)
     if seed is not None:
@@ -85,12 +88,7 @@ async def complete(
         raise EndpointUnreachable(
             f"cannot reach {endpoint.api_base}: {_server_message(exc)}", api_base=endpoint.api_base
         ) from exc
-    except litellm.APIError as exc:
-        raise ServerRefused(
-            f"{endpoint.api_base} refused the request: {_server_message(exc)}",
-            api_base=endpoint.api_base,
-        ) from exc
-    except litellm.exceptions.OpenAIError as exc:  # any other status error from the server
+    except openai.OpenAIError as exc:  # LiteLLM's status errors subclass openai's
         raise ServerRefused(
             f"{endpoint.api_base} refused the request: {_server_message(exc)}",
             api_base=endpoint.api_base,
@@ -129,4 +127,5 @@ def _server_message(exc: BaseException) -> str:
             pass
     for prefix in ("litellm.", "Hosted_vllmException - ", "OpenAIException - "):
         text = text.split(prefix)[-1] if prefix in text else text
-    return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
+    text = re.sub(r"\s*ssl:<[^>]*>", "", text).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__

@@ -1,0 +1,221 @@
+"""Dynasor-CoT against the scripted loopback server: exact stops, answers and accounting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from scripted_server import ScriptedServer
+
+from dynasor_graph import (
+    CoTConfig,
+    Endpoint,
+    EndpointUnreachable,
+    ServerRefused,
+    create_dynasor_cot,
+)
+
+
+async def run(endpoint: Endpoint, config: CoTConfig, **inputs: Any) -> dict[str, Any]:
+    graph = create_dynasor_cot(endpoint, config)
+    return dict(await graph.ainvoke(inputs or {"question": "What is 3 * 4?"}))
+
+
+def assert_usage_matches_server(result: dict[str, Any], server: ScriptedServer) -> None:
+    script = server.script
+    assert result["usage"] == {
+        "reasoning_tokens": script.total("reason", "completion_tokens"),
+        "reasoning_prompt_tokens": script.total("reason", "prompt_tokens"),
+        "probe_prompt_tokens": script.total("probe", "prompt_tokens"),
+        "probe_completion_tokens": script.total("probe", "completion_tokens"),
+    }
+
+
+async def test_exits_at_the_first_chunk_where_threshold_probes_agree(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    # probes 1..6: 12, 12, hesitant, 12, 12, 12 → the window of 3 agrees first at probe 6
+    scripted.script.probes = ["12} \\]", "12} \\]", "wait, 12} \\]", "12} \\]", "12} \\]", "12}"]
+    result = await run(scripted_endpoint, CoTConfig(chunk_size=10, max_tokens=1000))
+    assert result["stop_reason"] == "certain"
+    assert result["decision"] == "exit"
+    assert result["certaindex"] == 1.0
+    assert result["answer"] == "12"
+    assert [p["tokens"] for p in result["probes"]] == [10, 20, 30, 40, 50, 60]
+    assert [p["confident"] for p in result["probes"]] == [True, True, False, True, True, True]
+    assert [e["kind"] for e in scripted.script.log] == ["reason", "probe"] * 6
+    assert result["usage"]["reasoning_tokens"] == 60
+    assert result["usage"]["probe_completion_tokens"] == 2 + 2 + 3 + 2 + 2 + 1
+    assert_usage_matches_server(result, scripted)
+    reasoning = "".join(f"r{i} " for i in range(60))
+    assert result["response"] == (
+        reasoning + "\n\n</think>\n\n**Final Answer**\n\n\\[ \\boxed{12} \\]"
+    )
+
+
+async def test_probe_shares_the_reasoning_prefix_byte_for_byte(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    scripted.script.probes = ["3}"]
+    config = CoTConfig(chunk_size=5, max_tokens=100, certainty_threshold=2)
+    await run(scripted_endpoint, config)
+    log = scripted.script.log
+    reason_2, probe_2 = log[2]["body"], log[3]["body"]
+    assert probe_2["messages"][:-1] == reason_2["messages"][:-1]
+    assert probe_2["messages"][-1]["content"] == (
+        reason_2["messages"][-1]["content"] + log[2]["text"] + config.probe_suffix
+    )
+    assert probe_2["continue_final_message"] is True
+    assert probe_2["add_generation_prompt"] is False
+    assert (probe_2["max_tokens"], probe_2["temperature"], probe_2["top_p"]) == (20, 0.6, 0.95)
+    first = log[0]["body"]
+    assert first["add_generation_prompt"] is True and first["continue_final_message"] is False
+
+
+async def test_threshold_changes_the_stopping_chunk(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    scripted.script.probes = ["7}"]
+    for threshold, chunks in ((1, 1), (2, 2), (5, 5)):
+        scripted.script.log.clear()
+        scripted.script._probe_calls = 0
+        result = await run(scripted_endpoint,
+                           CoTConfig(chunk_size=8, certainty_threshold=threshold, max_tokens=999))
+        assert len(result["probes"]) == chunks
+        assert result["usage"]["reasoning_tokens"] == 8 * chunks
+
+
+async def test_budget_is_never_exceeded(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    scripted.script.probes = ["1}", "2}", "3}", "4}", "5}"]  # never settles
+    result = await run(scripted_endpoint, CoTConfig(chunk_size=16, max_tokens=40))
+    assert result["stop_reason"] == "budget"
+    assert result["usage"]["reasoning_tokens"] == 40
+    assert [e["body"]["max_tokens"] for e in scripted.script.log if e["kind"] == "reason"] == [
+        16, 16, 8]
+    assert result["answer"] == "3"  # the last probe's answer
+    assert result["certaindex"] == pytest.approx(1 / 3)
+    assert_usage_matches_server(result, scripted)
+
+
+async def test_natural_finish_stops_without_probing(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    scripted.script.reasoning = ["3 ", "times ", "4 ", "is ", "\\boxed{12}."]
+    scripted.script.probes = ["9}"]
+    result = await run(scripted_endpoint, CoTConfig(chunk_size=3, max_tokens=100))
+    assert result["stop_reason"] == "finished"
+    assert result["answer"] == "12"
+    assert result["response"] == "3 times 4 is \\boxed{12}."
+    assert [e["kind"] for e in scripted.script.log] == ["reason", "probe", "reason"]
+    assert result["usage"]["reasoning_tokens"] == 5
+    assert_usage_matches_server(result, scripted)
+
+
+async def test_probe_events_stream_as_custom_events(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    scripted.script.probes = ["1}", "hmm 2}", "2}", "2}"]
+    graph = create_dynasor_cot(scripted_endpoint, CoTConfig(chunk_size=4, certainty_threshold=2))
+    custom, updated = [], []
+    async for mode, chunk in graph.astream({"question": "q"}, stream_mode=["updates", "custom"]):
+        (custom if mode == "custom" else updated).append(chunk)
+    assert [(e["tokens"], e["answer"], e["confident"], e["certaindex"], e["decision"])
+            for e in custom] == [
+        (4, "1", True, 0.5, "continue"),
+        (8, "hmm 2", False, 0.0, "continue"),
+        (12, "2", True, 0.5, "continue"),
+        (16, "2", True, 1.0, "exit"),
+    ]
+    assert [next(iter(u)) for u in updated] == ["prepare"] + ["reason", "probe"] * 4 + ["finish"]
+
+
+@pytest.mark.parametrize(
+    "junk",
+    ["", "no brace here", "{{{{", "\x00\xff\x01binary", "}" * 50, "x" * 5000],
+)
+async def test_malformed_probe_output_is_an_empty_answer(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint, junk: str
+) -> None:
+    scripted.script.probes = [junk]
+    result = await run(scripted_endpoint, CoTConfig(chunk_size=10, max_tokens=30))
+    assert result["stop_reason"] == "budget"
+    assert {p["answer"] for p in result["probes"]} == {""}
+    assert result["certaindex"] == 0.0
+    assert result["answer"] == ""
+
+
+async def test_chat_messages_input_and_system_prompt(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    scripted.script.probes = ["5}"]
+    messages = [HumanMessage("hi"), AIMessage("hello"), HumanMessage("2 + 3?")]
+    config = CoTConfig(chunk_size=4, certainty_threshold=1, system_prompt="Be brief.")
+    result = await run(scripted_endpoint, config, messages=messages)
+    assert result["answer"] == "5"
+    sent = scripted.script.log[0]["body"]["messages"]
+    assert sent == [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                    {"role": "user", "content": "2 + 3?"}]
+
+
+@pytest.mark.parametrize("inputs", [{"question": ""}, {"question": "   "}, {"messages": []}, {}])
+async def test_empty_question_is_rejected(scripted_endpoint: Endpoint,
+                                          inputs: dict[str, Any]) -> None:
+    graph = create_dynasor_cot(scripted_endpoint)
+    with pytest.raises(ValueError, match="question must not be empty"):
+        await graph.ainvoke(inputs)
+
+
+async def test_transient_server_errors_are_retried(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    scripted.script.probes = ["4}"]
+    scripted.script.fail_next = [503, 500]
+    result = await run(scripted_endpoint, CoTConfig(chunk_size=4, certainty_threshold=1))
+    assert result["answer"] == "4"
+    assert scripted.script.fail_next == []
+    assert_usage_matches_server(result, scripted)  # failed attempts produced no tokens
+
+
+async def test_persistent_failure_names_the_url(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    scripted.script.fail_next = [500] * 10
+    with pytest.raises(EndpointUnreachable, match=scripted.api_base):
+        await run(scripted_endpoint, CoTConfig())
+    assert len(scripted.script.fail_next) == 10 - 3  # 1 attempt + max_retries=2
+
+
+async def test_unreachable_endpoint_fails_fast_with_the_url() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = Endpoint(model="m", api_base=f"http://127.0.0.1:{port}/v1", timeout_s=2,
+                        max_retries=1)
+    with pytest.raises(EndpointUnreachable, match=f"127.0.0.1:{port}"):
+        await run(endpoint, CoTConfig())
+
+
+async def test_server_refusal_carries_the_server_message(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    message = "This model's maximum context length is 2048 tokens. However, you requested 9000"
+    scripted.script.refuse_message = message
+    with pytest.raises(ServerRefused) as info:
+        await run(scripted_endpoint, CoTConfig())
+    assert message in str(info.value)
+    assert str(info.value).startswith(scripted.api_base)
+    assert len(scripted.script.log) == 0  # refusals are not retried or counted
+
+
+def test_api_key_stays_secret(scripted_endpoint: Endpoint) -> None:
+    endpoint = Endpoint(model="m", api_base=scripted_endpoint.api_base, api_key="sk-very-secret")
+    assert "sk-very-secret" not in repr(endpoint)
+    assert "sk-very-secret" not in str(endpoint.model_dump())
