@@ -9,6 +9,7 @@ conditional edges route on it: ``exit``, ``continue`` or ``widen``.
 from . import certaindex
 from ._answers import HESITATION_WORDS, equivalent, final_answer, is_confident, probe_answer
 from ._config import DEFAULT_PROBE_SUFFIX, EFFORT_PRESETS, CoTConfig, Effort, Endpoint
+from ._default import default_endpoint
 from ._errors import (
     DynasorError,
     EndpointError,
@@ -43,6 +44,7 @@ __all__ = [
     "certaindex",
     "create_dynasor_cot",
     "decide",
+    "default_endpoint",
     "equivalent",
     "final_answer",
     "is_confident",

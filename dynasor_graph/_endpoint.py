@@ -33,7 +33,9 @@ class Completion:
     completion_tokens: int
 
 
-def continuation(messages: list[Message], assistant_prefix: str) -> tuple[list[Message], dict[str, bool]]:
+def continuation(
+    messages: list[Message], assistant_prefix: str
+) -> tuple[list[Message], dict[str, bool]]:
     """Messages and template flags that make the model continue ``assistant_prefix``."""
     if not assistant_prefix:
         return messages, {"add_generation_prompt": True, "continue_final_message": False}
@@ -79,11 +81,11 @@ async def complete(
             extra_body=extra_body,
         )
     except (
-        litellm.APIConnectionError,
-        litellm.Timeout,
-        litellm.ServiceUnavailableError,
-        litellm.InternalServerError,
-        litellm.RateLimitError,
+        litellm.exceptions.APIConnectionError,
+        litellm.exceptions.Timeout,
+        litellm.exceptions.ServiceUnavailableError,
+        litellm.exceptions.InternalServerError,
+        litellm.exceptions.RateLimitError,
     ) as exc:
         raise EndpointUnreachable(
             f"cannot reach {endpoint.api_base}: {_server_message(exc)}", api_base=endpoint.api_base

@@ -6,8 +6,8 @@ key never enters the state) and returns an async LangGraph node.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from langchain_core.messages import BaseMessage, convert_to_openai_messages
 from langgraph.config import get_stream_writer
@@ -20,7 +20,11 @@ from ._errors import EndpointUnreachable
 from ._state import CoTState, Probe, empty_usage
 from .certaindex import Decision, decide, probe_agreement
 
-Node = Callable[[CoTState], Awaitable[dict[str, Any]]]
+
+class Node(Protocol):
+    """An async LangGraph node over the CoT state."""
+
+    def __call__(self, state: CoTState) -> Awaitable[dict[str, Any]]: ...
 
 FINAL_ANSWER_HEADER = "**Final Answer**\n\n\\[ \\boxed{"
 
@@ -83,7 +87,7 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
     """Extend the reasoning by at most ``chunk_size`` tokens, never past ``max_tokens``."""
 
     async def reason(state: CoTState) -> dict[str, Any]:
-        usage = dict(state["usage"])
+        usage = state["usage"].copy()
         remaining = config.max_tokens - usage["reasoning_tokens"]
         chunk = await complete(
             endpoint,
@@ -108,7 +112,7 @@ def probe_node(endpoint: Endpoint, config: CoTConfig) -> Node:
     """Ask for the answer now, score the recent probes, and decide: exit or continue."""
 
     async def probe(state: CoTState) -> dict[str, Any]:
-        usage = dict(state["usage"])
+        usage = state["usage"].copy()
         reply = await complete(
             endpoint,
             state["chat"],

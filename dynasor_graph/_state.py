@@ -45,11 +45,13 @@ def empty_usage() -> Usage:
 
 def add_usage(left: Usage | None, right: Usage | None) -> Usage:
     """Reducer for a parent graph's ``usage`` key: sums two usage records field by field."""
-    total = empty_usage()
-    for part in (left, right):
-        for key in total:
-            total[key] += int((part or {}).get(key, 0))  # type: ignore[literal-required]
-    return total
+    a, b = left or empty_usage(), right or empty_usage()
+    return Usage(
+        reasoning_tokens=a["reasoning_tokens"] + b["reasoning_tokens"],
+        reasoning_prompt_tokens=a["reasoning_prompt_tokens"] + b["reasoning_prompt_tokens"],
+        probe_prompt_tokens=a["probe_prompt_tokens"] + b["probe_prompt_tokens"],
+        probe_completion_tokens=a["probe_completion_tokens"] + b["probe_completion_tokens"],
+    )
 
 
 class CoTInput(TypedDict, total=False):

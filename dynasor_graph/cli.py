@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from pydantic import ValidationError
 
 from ._config import EFFORT_PRESETS, CoTConfig, Endpoint
+from ._default import LOCAL_PORT, default_endpoint
 from ._errors import DynasorError
 from ._state import CoTOutput
 from .cot import create_dynasor_cot
-
-LOCAL_PORT = 8471  # the embedded server's default port (chosen to avoid vLLM's usual 8000)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,27 +58,6 @@ def _config(args: argparse.Namespace) -> CoTConfig:
     )
 
 
-@contextlib.contextmanager
-def _endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
-    """The endpoint from flags or environment, else the embedded local vLLM."""
-    extra: dict[str, Any] = {"timeout_s": args.timeout} if args.timeout else {}
-    if args.api_base or os.environ.get("DYNASOR_API_BASE"):
-        endpoint = Endpoint.from_env(model=args.model, api_base=args.api_base,
-                                     api_key=args.api_key)
-        yield endpoint.model_copy(update=extra) if extra else endpoint
-        return
-    from ._local import LocalServer, find_running
-
-    local = LocalServer(LOCAL_PORT)
-    if find_running(local.api_base):
-        yield local.endpoint().model_copy(update=extra)
-        return
-    print(f"starting the local vLLM (SmolLM2-135M-Instruct) on {local.api_base} ...",
-          file=sys.stderr, flush=True)
-    with local.start():
-        yield local.endpoint().model_copy(update=extra)
-
-
 def _as_json(result: CoTOutput) -> dict[str, Any]:
     return {
         "answer": result.get("answer", ""),
@@ -100,21 +76,23 @@ async def _solve(args: argparse.Namespace, endpoint: Endpoint, config: CoTConfig
     result: dict[str, Any] = {}
     async for mode, chunk in graph.astream({"question": args.question},
                                            stream_mode=["custom", "values"]):
+        chunk = cast(dict[str, Any], chunk)
         if mode == "values":
-            result = dict(chunk)
+            result = chunk
         elif not args.json and chunk.get("event") == "probe":
             mark = "confident" if chunk["confident"] else "hesitant "
             print(f"probe @ {chunk['tokens']:>5} tokens  {mark}  answer={chunk['answer']!r:<16}"
                   f" certaindex={chunk['certaindex']:.2f} → {chunk['decision']}", flush=True)
-    return result  # type: ignore[return-value]
+    return cast(CoTOutput, result)
 
 
 def _print_result(result: CoTOutput) -> None:
     usage = result["usage"]
     print(f"\nanswer: {result['answer']!r}   stop: {result['stop_reason']}   "
           f"certaindex: {result['certaindex']:.2f}")
-    print(f"tokens: reasoning {usage['reasoning_tokens']} (prompt {usage['reasoning_prompt_tokens']})"
-          f", probes {usage['probe_completion_tokens']} (prompt {usage['probe_prompt_tokens']})")
+    print(f"tokens: reasoning {usage['reasoning_tokens']} "
+          f"(prompt {usage['reasoning_prompt_tokens']}), "
+          f"probes {usage['probe_completion_tokens']} (prompt {usage['probe_prompt_tokens']})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _config(args)
         if not args.question.strip():
             raise ValueError("question must not be empty")
-        with _endpoint(args) as endpoint:
+        with default_endpoint(args.model, args.api_base, args.api_key,
+                              timeout_s=args.timeout) as endpoint:
             result = asyncio.run(_solve(args, endpoint, config))
         if args.json:
             print(json.dumps(_as_json(result), ensure_ascii=False))

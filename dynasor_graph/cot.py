@@ -18,8 +18,9 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
@@ -77,5 +78,6 @@ async def solve(
 ) -> CoTOutput:
     """Run Dynasor-CoT on one question and return its output state."""
     graph = create_dynasor_cot(endpoint, config)
-    result: CoTOutput = await graph.ainvoke({"question": question}, invoke_config or None)
-    return result
+    run_config = cast(RunnableConfig, invoke_config)
+    result = await graph.ainvoke(CoTInput(question=question), run_config)
+    return cast(CoTOutput, result)

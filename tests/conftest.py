@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from scripted_server import SERVED_NAME, Script, ScriptedServer  # noqa: E402
+from scripted_server import SERVED_NAME, Script, ScriptedServer
 
-from dynasor_graph import Endpoint  # noqa: E402
+from dynasor_graph import Endpoint
 
 
 @pytest.fixture

@@ -1,0 +1,40 @@
+"""The endpoint a run uses when none is given: the environment's, else the embedded local vLLM."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+from ._config import Endpoint
+
+LOCAL_PORT = 8471  # the embedded server's default port (away from vLLM's usual 8000)
+
+
+@contextlib.contextmanager
+def default_endpoint(
+    model: str | None = None,
+    api_base: str | None = None,
+    api_key: str | None = None,
+    *,
+    timeout_s: float | None = None,
+) -> Iterator[Endpoint]:
+    """Yield the endpoint to use: the arguments, else ``$DYNASOR_API_BASE`` and friends, else the
+    embedded SmolLM2 vLLM on ``127.0.0.1:8471`` — reused if it answers, else started for the
+    duration of the ``with`` block and stopped after it."""
+    extra = {"timeout_s": timeout_s} if timeout_s else {}
+    if api_base or os.environ.get("DYNASOR_API_BASE"):
+        endpoint = Endpoint.from_env(model=model, api_base=api_base, api_key=api_key)
+        yield endpoint.model_copy(update=extra)
+        return
+    from ._local import LocalServer, find_running
+
+    local = LocalServer(LOCAL_PORT)
+    if find_running(local.api_base):
+        yield local.endpoint().model_copy(update=extra)
+        return
+    print(f"starting the local vLLM (SmolLM2-135M-Instruct) on {local.api_base} ...",
+          file=sys.stderr, flush=True)
+    with local.start():
+        yield local.endpoint().model_copy(update=extra)

