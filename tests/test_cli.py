@@ -1,0 +1,87 @@
+"""The ``dynasor-graph`` command against the scripted server: JSON contract, live view, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from scripted_server import ScriptedServer
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASOR_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "dynasor_graph", *args], capture_output=True,
+                          text=True, timeout=120, env=full_env)
+
+
+def test_solve_json_contract(scripted: ScriptedServer) -> None:
+    scripted.script.probes = ["5}", "5}"]
+    out = cli("solve", "What is 2 + 3?", "--model", "scripted", "--api-base", scripted.api_base,
+              "--effort", "high", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["answer"] == "5"
+    assert result["certaindex"] == 1.0
+    assert result["decision"] == "exit"
+    assert result["stop_reason"] == "certain"
+    assert result["probes"] == [{"tokens": 64, "answer": "5", "confident": True},
+                                {"tokens": 128, "answer": "5", "confident": True}]
+    assert result["usage"]["reasoning_tokens"] == 128
+    assert result["usage"]["probe_completion_tokens"] == 2
+    assert set(result["usage"]) >= {"reasoning_tokens", "probe_prompt_tokens",
+                                    "probe_completion_tokens"}
+
+
+def test_solve_reads_the_environment_and_shows_probes(scripted: ScriptedServer) -> None:
+    scripted.script.probes = ["hmm 4}", "5}"]
+    out = cli("solve", "What is 2 + 3?", "--threshold", "1", "--chunk-size", "7",
+              env={"DYNASOR_API_BASE": scripted.api_base, "DYNASOR_MODEL": "scripted",
+                   "DYNASOR_API_KEY": "sk-secret"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "hesitant" in lines[0] and "certaindex=0.00" in lines[0]
+    assert "confident" in lines[1] and "certaindex=1.00 → exit" in lines[1]
+    assert "answer: '5'" in out.stdout and "stop: certain" in out.stdout
+    assert "sk-secret" not in out.stdout + out.stderr
+    assert scripted.script.log[0]["body"]["model"] == "scripted"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["solve", "", "--api-base", "http://127.0.0.1:9/v1", "--model", "m"],
+         "question must not be empty"),
+        (["solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
+          "--max-tokens", "0"], "invalid max_tokens"),
+        (["solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
+          "--threshold", "-1"], "invalid certainty_threshold"),
+        (["solve", "q", "--api-base", "ftp://x", "--model", "m"], "invalid api_base"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
+    out = cli(*args)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert out.stdout == ""
+
+
+def test_unreachable_endpoint_is_one_clear_line() -> None:
+    out = cli("solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
+              "--timeout", "2")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        line for line in out.stderr.strip().splitlines() if "127.0.0.1:9/v1" in line]
+    assert out.stderr.startswith("dynasor-graph: cannot reach http://127.0.0.1:9/v1")
+
+
+def test_server_refusal_is_the_server_message(scripted: ScriptedServer) -> None:
+    scripted.script.refuse_message = "maximum context length is 2048 tokens"
+    out = cli("solve", "q", "--api-base", scripted.api_base, "--model", "scripted")
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"dynasor-graph: {scripted.api_base} refused the request: "
+                                  "maximum context length is 2048 tokens")
