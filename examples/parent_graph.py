@@ -52,10 +52,12 @@ def record(state: Homework) -> dict[str, Any]:
 
 
 def more(state: Homework) -> Literal["next_question", "__end__"]:
-    return "next_question" if len(state["answers"]) < len(state["questions"]) else END
+    return "next_question" if len(state["answers"]) < len(state["questions"]) else "__end__"
 
 
-def build_homework_graph(endpoint: Endpoint, config: CoTConfig | None = None) -> CompiledStateGraph:  # type: ignore[type-arg]
+def build_homework_graph(
+    endpoint: Endpoint, config: CoTConfig | None = None
+) -> CompiledStateGraph:  # type: ignore[type-arg]
     """The parent graph: next_question → reason (Dynasor-CoT) → record, once per question."""
     builder = StateGraph(Homework)
     builder.add_node("next_question", next_question)
