@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -78,7 +79,7 @@ def free_port() -> int:
 def find_running(api_base: str) -> bool:
     """True if an OpenAI-compatible server answers ``GET {api_base}/models`` within 2 s."""
     try:
-        response = httpx.get(f"{api_base.rstrip('/')}/models", timeout=2.0)
+        response = httpx.get(f"{api_base.rstrip('/')}/models", timeout=2.0, trust_env=False)
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -113,12 +114,17 @@ def _is_complete(folder: Path) -> bool:
 
 def _check_converted(folder: Path) -> None:
     """Fail unless ``folder`` holds float32 safetensors, a config and a chat template."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        tokenizer_config = json.loads(
+            (folder / "tokenizer_config.json").read_text(encoding="utf-8")
+        )
+    except (OSError, ValueError) as exc:
+        raise LocalServerError(f"model conversion wrote no usable config: {exc}") from exc
     if not any(folder.glob("*.safetensors")):
         raise LocalServerError(f"model conversion wrote no safetensors into {folder}")
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if "quantization_config" in config:
-        raise LocalServerError("model conversion kept the GGUF quantization config")
-    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if "quantization_config" in config or config.get("dtype", "float32") != "float32":
+        raise LocalServerError("model conversion did not produce plain float32 weights")
     if not ((folder / "chat_template.jinja").is_file() or tokenizer_config.get("chat_template")):
         raise LocalServerError("model conversion lost the chat template vLLM needs for chat")
 
@@ -178,8 +184,8 @@ def ensure_model() -> Path:
     except OSError as exc:
         raise LocalServerError(f"cannot create the cache folder {parent}: {exc}") from exc
     _remove_stale_tmp(parent)
-    if target.exists():  # not produced by us (we only rename complete folders): start over
-        shutil.rmtree(target)
+    if target.exists() and not _is_complete(target):
+        shutil.rmtree(target)  # not ours (we only rename complete folders into place): redo it
     tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}.tmp-", dir=parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is an ordinary one
@@ -188,9 +194,10 @@ def ensure_model() -> Path:
         (tmp / _MARKER).write_text(f"converted from {gguf.name}\n", encoding="utf-8")
         try:
             tmp.rename(target)
-        except OSError:
+        except OSError as exc:
             if not _is_complete(target):  # else another process finished first: use theirs
-                raise
+                message = f"cannot move the converted model to {target}: {exc}"
+                raise LocalServerError(message) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -219,13 +226,31 @@ def _run_conversion(gguf: Path, out: Path) -> None:
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         with path.open(encoding="utf-8", errors="replace") as log:
-            return "".join(deque(log, maxlen=lines)).rstrip()
+            return "".join(deque(log, maxlen=lines)).rstrip() or "(the log is empty)"
     except OSError:
-        return "(no server log)"
+        return "(no log)"
+
+
+_ERROR_LINE = re.compile(r"(?:^|\] )([\w.]*(?:Error|Exception): .+)$")
+
+
+def _failure(path: Path) -> str:
+    """The first ``SomeError: message`` line of the server log (vLLM prints the root cause first,
+    then a chain of tracebacks), followed by the end of the log."""
+    cause = ""
+    with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as log:
+        for line in log:
+            match = _ERROR_LINE.search(line.rstrip())
+            if match:
+                cause = f": {match.group(1)}"
+                break
+    return f"{cause}\nend of {path}:\n{_tail(path)}"
 
 
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn does: a port in TIME_WAIT after a previous server is free, a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -316,14 +341,14 @@ class LocalServer:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, trust_env=False) as client:  # loopback: no proxies
             while True:
                 process = self._process
                 if process is None or process.poll() is not None:
                     code = process.returncode if process is not None else None
                     raise LocalServerError(
-                        f"the local vLLM server exited (status {code}) while starting; "
-                        f"end of {self.log_path}:\n{_tail(self.log_path)}"
+                        f"the local vLLM server exited (status {code}) while starting"
+                        f"{_failure(self.log_path)}"
                     )
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{self.api_base}/models").status_code == 200:
@@ -331,17 +356,18 @@ class LocalServer:
                 if time.monotonic() > deadline:
                     raise LocalServerError(
                         f"the local vLLM server was not ready within {self.startup_timeout_s:.0f}"
-                        f" s; end of {self.log_path}:\n{_tail(self.log_path)}"
+                        f" s{_failure(self.log_path)}"
                     )
                 time.sleep(0.5)
 
     def stop(self) -> None:
         """Stop the server and every process it started: SIGTERM to its process group, then
         SIGKILL after ~30 s. Idempotent."""
-        process, self._process = self._process, None
+        process = self._process
         if process is not None:
-            atexit.unregister(self.stop)
             _terminate_group(process)
+            self._process = None
+            atexit.unregister(self.stop)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -403,12 +429,11 @@ def serve_forever(port: int | None = None) -> None:
         print(server.api_base, flush=True)
         while server.running:
             time.sleep(0.5)
-        raise LocalServerError(
-            f"the local vLLM server exited unexpectedly; end of {server.log_path}:\n"
-            f"{_tail(server.log_path)}"
-        )
+        failure = _failure(server.log_path)
+        raise LocalServerError(f"the local vLLM server exited unexpectedly{failure}")
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -219,3 +219,30 @@ def test_api_key_stays_secret(scripted_endpoint: Endpoint) -> None:
     endpoint = Endpoint(model="m", api_base=scripted_endpoint.api_base, api_key="sk-very-secret")
     assert "sk-very-secret" not in repr(endpoint)
     assert "sk-very-secret" not in str(endpoint.model_dump())
+
+
+async def test_checkpointed_state_shows_certaindex_and_decision(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    scripted.script.probes = ["8}"]
+    graph = create_dynasor_cot(scripted_endpoint, CoTConfig(chunk_size=4, certainty_threshold=2),
+                               checkpointer=InMemorySaver())
+    thread = {"configurable": {"thread_id": "t1"}}
+    await graph.ainvoke({"question": "q"}, thread)
+    state = await graph.aget_state(thread)
+    assert state.values["certaindex"] == 1.0
+    assert state.values["decision"] == "exit"
+    assert state.values["reasoning"] == "r0 r1 r2 r3 r4 r5 r6 r7 "
+    assert "api_key" not in str(state.values) and "EMPTY" not in str(state.values)
+    history = [s.values.get("certaindex") async for s in graph.aget_state_history(thread)]
+    assert 0.5 in history  # the first probe's value, before the second agreed
+
+
+async def test_solve_helper(scripted: ScriptedServer, scripted_endpoint: Endpoint) -> None:
+    from dynasor_graph import solve
+
+    scripted.script.probes = ["6}"]
+    result = await solve("q", scripted_endpoint, CoTConfig(chunk_size=3, certainty_threshold=1))
+    assert (result["answer"], result["stop_reason"]) == ("6", "certain")
