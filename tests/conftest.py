@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,16 +34,42 @@ def scripted_endpoint(scripted: ScriptedServer) -> Endpoint:
 
 @pytest.fixture(scope="session")
 def local_vllm() -> Iterator[Endpoint]:
-    """The real local vLLM serving SmolLM2: ``$DYNASOR_TEST_API_BASE`` if set, else started
-    here once for the session and stopped at its end."""
+    """The real local vLLM serving SmolLM2, once per session.
+
+    ``$DYNASOR_TEST_API_BASE`` reuses a running server; otherwise the server is started the way
+    a user starts it, ``dynasor-graph serve-local --port P``, which must print its base URL once
+    it answers, and is stopped at the end with SIGINT, which must end it cleanly.
+    """
+    from dynasor_graph._local import SERVED_MODEL_NAME, free_port
+
     reuse = os.environ.get("DYNASOR_TEST_API_BASE")
     if reuse:
-        from dynasor_graph._local import SERVED_MODEL_NAME
-
         yield Endpoint(model=f"hosted_vllm/{SERVED_MODEL_NAME}", api_base=reuse, timeout_s=300)
         return
-    from dynasor_graph._local import LocalServer, ensure_model
-
-    ensure_model()
-    with LocalServer() as server:
-        yield server.endpoint().model_copy(update={"timeout_s": 300})
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dynasor_graph", "serve-local", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first_line = process.stdout.readline().strip()  # blocks until ready, or EOF on failure
+        if not first_line:
+            process.wait(timeout=60)
+            pytest.fail(f"serve-local failed: {process.stderr.read() if process.stderr else ''}")
+        assert first_line == f"http://127.0.0.1:{port}/v1"
+        yield Endpoint(model=f"hosted_vllm/{SERVED_MODEL_NAME}", api_base=first_line,
+                       timeout_s=300)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert code == 0, f"serve-local exited with {code} on SIGINT"
+    with pytest.raises(ConnectionRefusedError):  # nothing listens any more: nothing left behind
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
