@@ -28,10 +28,10 @@ def default_endpoint(
         endpoint = Endpoint.from_env(model=model, api_base=api_base, api_key=api_key)
         yield endpoint.model_copy(update=extra)
         return
-    from ._local import LocalServer, find_running
+    from ._local import LocalServer, find_running, wait_if_starting
 
     local = LocalServer(LOCAL_PORT)
-    if find_running(local.api_base):
+    if find_running(local.api_base) or wait_if_starting(LOCAL_PORT):
         yield local.endpoint().model_copy(update=extra)
         return
     print(f"starting the local vLLM (SmolLM2-135M-Instruct) on {local.api_base} ...",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import fcntl
 import importlib.util
 import json
 import os
@@ -258,6 +260,50 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
+def _port_lock_path(port: int) -> Path:
+    return cache_dir() / "locks" / f"port-{port}.lock"
+
+
+def _take_port_lock(port: int) -> IO[bytes] | None:
+    """An exclusive lock on ``port`` among local-server starters, or None if another holds it.
+
+    vLLM binds with SO_REUSEPORT, so two servers started at once on one port both succeed and
+    split the traffic; the lock lets only one start and the others wait for it.
+    """
+    path = _port_lock_path(port)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def wait_if_starting(port: int, timeout_s: float = 600) -> bool:
+    """If another process is starting (or running) the local server on ``port``, wait until it
+    answers and return True; return False at once if nobody holds the port's lock."""
+    api_base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if find_running(api_base):
+            return True
+        lock = _take_port_lock(port)
+        if lock is not None:  # nobody is starting it (any more)
+            lock.close()
+            return find_running(api_base)
+        time.sleep(1.0)
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the server child: get SIGTERM if the process that started it dies (Linux), so a
+    killed client never leaves an orphan vLLM behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class LocalServer:
     """vLLM's OpenAI-compatible server for SmolLM2 on the CPU, as a subprocess on 127.0.0.1.
 
@@ -276,6 +322,7 @@ class LocalServer:
         self.startup_timeout_s = startup_timeout_s
         self.log_path = log_path or cache_dir() / "logs" / f"vllm-{self.port}.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._port_lock: IO[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -311,7 +358,12 @@ class LocalServer:
         self.stop()
         model = ensure_model()
         _require("vllm", _INSTALL_LOCAL)
+        self._port_lock = _take_port_lock(self.port)
+        if self._port_lock is None:
+            raise LocalServerError(f"another process is starting the local server on port "
+                                   f"{self.port}")
         if not _port_is_free(self.port):
+            self.stop()
             raise LocalServerError(f"port {self.port} on 127.0.0.1 is already in use")
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,6 +383,7 @@ class LocalServer:
             self._process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                 env=env, cwd=model.parent, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
             atexit.register(self.stop)
             self._wait_ready()
@@ -371,6 +424,9 @@ class LocalServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._port_lock is not None:
+            self._port_lock.close()
+            self._port_lock = None
 
     def __enter__(self) -> LocalServer:
         return self.start()
@@ -422,7 +478,9 @@ def serve_forever(port: int | None = None) -> None:
     def _interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Explicit handlers: a shell's background job inherits SIGINT ignored, and Ctrl-C or
+    # `kill -INT` must still stop the server cleanly.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = LocalServer(port)
     try:
         server.start()
@@ -435,5 +493,5 @@ def serve_forever(port: int | None = None) -> None:
         pass
     finally:
         server.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
