@@ -8,7 +8,9 @@ conditional edges route on it: ``exit``, ``continue`` or ``widen``.
 
 from . import certaindex
 from ._answers import HESITATION_WORDS, equivalent, final_answer, is_confident, probe_answer
+from ._bench import run_bench
 from ._config import DEFAULT_PROBE_SUFFIX, EFFORT_PRESETS, CoTConfig, Effort, Endpoint
+from ._datasets import DataFormatError, Problem, load_dataset
 from ._default import default_endpoint
 from ._errors import (
     DynasorError,
@@ -17,7 +19,9 @@ from ._errors import (
     LocalServerError,
     ServerRefused,
 )
+from ._replay import replay_traces
 from ._state import CoTInput, CoTOutput, CoTState, Probe, StopReason, Usage, add_usage
+from ._traces import Trace, load_traces, record_traces
 from .certaindex import Decision, decide, probe_agreement
 from .cot import create_dynasor_cot, solve
 
@@ -29,6 +33,7 @@ __all__ = [
     "CoTInput",
     "CoTOutput",
     "CoTState",
+    "DataFormatError",
     "Decision",
     "DynasorError",
     "Effort",
@@ -37,8 +42,10 @@ __all__ = [
     "EndpointUnreachable",
     "LocalServerError",
     "Probe",
+    "Problem",
     "ServerRefused",
     "StopReason",
+    "Trace",
     "Usage",
     "add_usage",
     "certaindex",
@@ -48,7 +55,12 @@ __all__ = [
     "equivalent",
     "final_answer",
     "is_confident",
+    "load_dataset",
+    "load_traces",
     "probe_agreement",
     "probe_answer",
+    "record_traces",
+    "replay_traces",
+    "run_bench",
     "solve",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from ._errors import EndpointUnreachable, ServerRefused
 # Without this, importing litellm fetches a price map from the internet and stalls offline.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-Message = dict[str, str]
+Message = dict[str, Any]  # an OpenAI chat message (an agent's may carry tool calls)
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,12 @@ async def complete(
     temperature: float,
     top_p: float,
     seed: int | None = None,
+    tools: Sequence[dict[str, Any]] = (),
 ) -> Completion:
     """Continue ``assistant_prefix`` after ``messages`` for at most ``max_tokens`` tokens.
+
+    ``tools`` (OpenAI schemas) are sent with ``tool_choice="none"``: an agent's probe renders
+    the same prompt as the agent's own call, so it shares its prefix, and never calls a tool.
 
     Raises :class:`EndpointUnreachable` for transient failures (graph nodes retry those with
     LangGraph's ``RetryPolicy``) and :class:`ServerRefused` with the server's own message.
@@ -66,6 +71,7 @@ async def complete(
     extra_body: dict[str, Any] = dict(template_flags)
     if seed is not None:
         extra_body["seed"] = seed
+    tool_args: dict[str, Any] = {"tools": list(tools), "tool_choice": "none"} if tools else {}
     try:
         response = await litellm.acompletion(
             model=endpoint.model,
@@ -79,6 +85,7 @@ async def complete(
             num_retries=0,  # retries belong to the graph's RetryPolicy, counted once
             max_retries=0,
             extra_body=extra_body,
+            **tool_args,
         )
     except (
         litellm.exceptions.APIConnectionError,

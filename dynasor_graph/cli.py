@@ -1,8 +1,9 @@
-"""The ``dynasor-graph`` command: ``solve`` a question, or ``serve-local`` the embedded vLLM.
+"""The ``dynasor-graph`` command: ``solve`` a question, or ``serve-local`` the embedded vLLM;
+evaluate with ``record`` (probe traces), ``replay`` (stopping rules on traces) and ``bench``.
 
-Without an endpoint (no ``--api-base`` and no ``DYNASOR_API_BASE``) ``solve`` uses the embedded
-default: SmolLM2-135M-Instruct on a local CPU vLLM, reused if one already answers on the
-default port, else started for the run and stopped after it.
+Without an endpoint (no ``--api-base`` and no ``DYNASOR_API_BASE``) ``solve``, ``record`` and
+``bench`` use the embedded default: SmolLM2-135M-Instruct on a local CPU vLLM, reused if one
+already answers on the default port, else started for the run and stopped after it.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 from pydantic import ValidationError
 
+from ._bench import DEFAULT_METHODS as BENCH_METHODS
 from ._config import EFFORT_PRESETS, CoTConfig, Endpoint
+from ._datasets import Problem
 from ._default import LOCAL_PORT, default_endpoint
 from ._errors import DynasorError
+from ._report import ResultRow
 from ._state import CoTOutput
 from .cot import create_dynasor_cot
 
@@ -44,7 +50,43 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve-local", help="run the embedded vLLM (SmolLM2, CPU)")
     serve.add_argument("--port", type=int, default=LOCAL_PORT)
+
+    record = commands.add_parser(
+        "record", help="reason to the budget probing after every chunk; write probe traces")
+    _dataset_arguments(record)
+    record.add_argument("--chunk-size", type=int, default=32, help="tokens between probes")
+    record.add_argument("--max-tokens", type=int, default=1024, help="reasoning token budget")
+    record.add_argument("--samples", type=int, default=1, help="traces per problem (k)")
+    record.add_argument("--out", type=Path, required=True, help="traces jsonl (resumable)")
+
+    replay = commands.add_parser(
+        "replay", help="evaluate stopping rules on recorded traces, offline")
+    replay.add_argument("--traces", type=Path, required=True)
+    replay.add_argument("--out", type=Path, required=True, help="output directory")
+    replay.add_argument("--methods", nargs="+", help="full, oracle, truncate:N, mild..crazy, "
+                        "cot:T@C, entropy:X@W, sc, sc:X@D (default: those that fit)")
+
+    bench = commands.add_parser(
+        "bench", help="live runs of full reasoning, truncation and Dynasor-CoT presets")
+    _dataset_arguments(bench)
+    bench.add_argument("--max-tokens", type=int, default=1024, help="reasoning token budget")
+    bench.add_argument("--out", type=Path, required=True, help="output directory")
+    bench.add_argument("--methods", nargs="+", default=list(BENCH_METHODS),
+                       help="full, truncate:N, mild..crazy, cot:T@C (default: full low mid high)")
     return parser
+
+
+def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True,
+                        help="jsonl file, or generated:arithmetic?n=50&seed=0&level=mixed")
+    parser.add_argument("--limit", type=int, help="only the first N problems (after --offset)")
+    parser.add_argument("--offset", type=int, default=0, help="skip the first N problems")
+    parser.add_argument("--model", help="served model name or LiteLLM string ($DYNASOR_MODEL)")
+    parser.add_argument("--api-base", help="server URL ending in /v1 ($DYNASOR_API_BASE)")
+    parser.add_argument("--api-key", help="API key ($DYNASOR_API_KEY)")
+    parser.add_argument("--concurrency", type=int, default=1, help="runs in flight at once")
+    parser.add_argument("--seed", type=int, help="sampling seed (sample k uses seed + k)")
+    parser.add_argument("--timeout", type=float, default=600, help="per-request timeout (s)")
 
 
 def _config(args: argparse.Namespace) -> CoTConfig:
@@ -95,6 +137,69 @@ def _print_result(result: CoTOutput) -> None:
           f"probes {usage['probe_completion_tokens']} (prompt {usage['probe_prompt_tokens']})")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    """Run ``record``, ``replay`` or ``bench``; print the summary and where the files went."""
+    from ._datasets import load_dataset
+    from ._methods import parse_methods
+    from ._report import table, write_report
+
+    # Grading disables math-verify's SIGALRM timeouts on purpose (see _answers); its one-time
+    # warning about that would only clutter the progress bar.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    if args.command == "replay":
+        from ._replay import replay_traces
+        from ._traces import load_traces
+
+        traces = load_traces(args.traces)
+        rows, summary = replay_traces(traces, args.methods)
+        title = f"replay of {len(traces)} traces ({traces[0].settings.model})"
+    else:
+        # Everything that can be wrong with the arguments fails before a server is started.
+        if (args.limit is not None and args.limit < 1) or args.offset < 0:
+            raise ValueError("--limit must be at least 1 and --offset at least 0")
+        end = None if args.limit is None else args.offset + args.limit
+        problems = load_dataset(args.dataset, end)[args.offset:]
+        if not problems:
+            raise ValueError(f"{args.dataset}: no problems after --offset {args.offset}")
+        if args.command == "record":
+            config = CoTConfig(chunk_size=args.chunk_size, max_tokens=args.max_tokens,
+                               seed=args.seed)
+            _record(args, problems, config)
+            return
+        for method in parse_methods(args.methods):
+            method.config(args.max_tokens, args.seed)
+        rows, summary, served = _bench(args, problems)
+        title = f"bench: {len(problems)} problems of {args.dataset} ({served})"
+    paths = write_report(args.out, rows, summary, title)
+    print(table(summary))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _record(args: argparse.Namespace, problems: list[Problem], config: CoTConfig) -> None:
+    from ._traces import record_traces
+
+    with default_endpoint(args.model, args.api_base, args.api_key,
+                          timeout_s=args.timeout) as endpoint:
+        new = asyncio.run(record_traces(endpoint, problems, config, args.out,
+                                        samples=args.samples, concurrency=args.concurrency,
+                                        progress=True))
+    correct = sum(t.correct for t in new)
+    print(f"recorded {len(new)} traces ({correct} correct) into {args.out}; "
+          f"{len(problems) * args.samples - len(new)} were already there")
+
+
+def _bench(args: argparse.Namespace, problems: list[Problem],
+           ) -> tuple[list[ResultRow], dict[str, dict[str, Any]], str]:
+    from ._bench import run_bench
+
+    with default_endpoint(args.model, args.api_base, args.api_key,
+                          timeout_s=args.timeout) as endpoint:
+        rows, summary = asyncio.run(run_bench(
+            endpoint, problems, args.methods, max_tokens=args.max_tokens, seed=args.seed,
+            concurrency=args.concurrency, progress=True))
+    return rows, summary, endpoint.model.split("/", 1)[-1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dynasor-graph`` console script."""
     args = _parser().parse_args(argv)
@@ -103,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._local import serve_forever
 
             serve_forever(args.port)
+            return 0
+        if args.command in ("record", "replay", "bench"):
+            _evaluate(args)
             return 0
         config = _config(args)
         if not args.question.strip():

@@ -1,0 +1,259 @@
+"""Probe traces: reason once to the budget, probing after every chunk, and keep everything.
+
+This is the Dynasor authors' "token deprivation" run as a tool: one JSON line per (problem,
+sample) with the token count, raw text, parsed answer and confidence of every probe, the final
+answer and its grade, and the settings that produced it. Stopping rules are then evaluated
+offline by :mod:`dynasor_graph._replay` in seconds. Recording follows the CoT graph's requests
+exactly (``reason`` chunks, the ``probe`` suffix, the server's ``usage``) but never exits early::
+
+    traces = await record_traces(endpoint, load_dataset("generated:arithmetic?n=20"),
+                                 CoTConfig(chunk_size=32, max_tokens=256), Path("traces.jsonl"))
+
+Rerunning with the same ``out`` skips the traces already written (resumable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ._answers import equivalent, final_answer, is_confident, probe_answer
+from ._config import CoTConfig, Endpoint
+from ._datasets import DataFormatError, Problem
+from ._endpoint import Completion, Message, complete
+from ._errors import EndpointUnreachable
+from ._nodes import chat_messages
+from ._report import progress_bar, running_postfix
+
+# Settings that change what a trace means; api_base and seed may differ between resumed runs.
+_COMPARED_SETTINGS = ("model", "chunk_size", "max_tokens", "temperature", "top_p",
+                      "probe_suffix", "probe_max_tokens", "probe_temperature", "probe_top_p",
+                      "hesitation_words", "system_prompt")
+
+
+class TraceProbe(BaseModel):
+    """One probe of a trace: reasoning tokens so far, the raw reply, its answer and confidence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int = Field(ge=0)
+    text: str
+    answer: str
+    confident: bool
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class TraceSettings(BaseModel):
+    """The model, server and sampling settings a trace was recorded with."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    api_base: str
+    chunk_size: int = Field(ge=1)
+    max_tokens: int = Field(ge=1)
+    seed: int | None = None
+
+
+class Trace(BaseModel):
+    """One recorded reasoning run: probes after every chunk up to its natural end or budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    sample: int = Field(default=0, ge=0)
+    gold: str
+    answer: str
+    correct: bool
+    stop_reason: Literal["finished", "budget"]
+    reasoning_tokens: int = Field(ge=0)
+    reasoning_prompt_tokens: int = Field(ge=0)
+    probes: list[TraceProbe]
+    settings: TraceSettings
+    question: str
+    reasoning: str = ""
+
+    @model_validator(mode="after")
+    def _probes_in_order(self) -> Trace:
+        counts = [p.tokens for p in self.probes]
+        if any(b <= a for a, b in itertools.pairwise(counts)):
+            raise ValueError("probe token counts must increase")
+        if counts and counts[-1] > self.reasoning_tokens:
+            raise ValueError("a probe counts more tokens than the trace's reasoning_tokens")
+        return self
+
+
+def load_traces(path: Path) -> list[Trace]:
+    """Read a traces file; a malformed or duplicate line raises :class:`DataFormatError`."""
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such traces file")
+    traces: list[Trace] = []
+    seen: dict[tuple[str, int], int] = {}
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                trace = Trace.model_validate_json(line)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error["loc"])
+                detail = f"{where}: {error['msg']}" if where else error["msg"]
+                raise DataFormatError(f"{path}:{number}: not a trace: {detail}") from None
+            key = (trace.id, trace.sample)
+            if key in seen:
+                raise DataFormatError(f"{path}:{number}: duplicate trace {trace.id!r} sample "
+                                      f"{trace.sample} (first on line {seen[key]})")
+            seen[key] = number
+            traces.append(trace)
+    return traces
+
+
+async def record_trace(endpoint: Endpoint, problem: Problem, config: CoTConfig,
+                       sample: int = 0) -> Trace:
+    """Reason about ``problem`` to the budget (or its natural end), probing after every chunk.
+
+    The requests are the CoT graph's: chunks of ``chunk_size`` continuing the assistant turn,
+    then the reasoning plus ``probe_suffix``. A run that ends by budget answers with its last
+    probe, a finished one with its text's final answer, as the graph does when it never exits.
+    """
+    chat = chat_messages({"question": problem.question}, config.system_prompt)
+    reasoning, tokens, prompt_tokens = "", 0, 0
+    probes: list[TraceProbe] = []
+    while True:
+        chunk = await _complete(endpoint, chat, reasoning, config,
+                                max_tokens=min(config.chunk_size, config.max_tokens - tokens))
+        reasoning += chunk.text
+        tokens += chunk.completion_tokens
+        prompt_tokens += chunk.prompt_tokens
+        if chunk.finish_reason != "length" or chunk.completion_tokens == 0:
+            stop: Literal["finished", "budget"] = "finished"
+            answer = final_answer(reasoning)
+            break
+        reply = await _complete(endpoint, chat, reasoning + config.probe_suffix, config,
+                                max_tokens=config.probe_max_tokens, probe=True)
+        probes.append(TraceProbe(
+            tokens=tokens, text=reply.text, answer=probe_answer(reply.text),
+            confident=is_confident(reply.text, config.hesitation_words),
+            prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens))
+        if tokens >= config.max_tokens:
+            stop, answer = "budget", probes[-1].answer
+            break
+    return Trace(
+        id=problem.id, sample=sample, gold=problem.gold, answer=answer,
+        correct=equivalent(answer, problem.gold), stop_reason=stop, reasoning_tokens=tokens,
+        reasoning_prompt_tokens=prompt_tokens, probes=probes,
+        settings=TraceSettings.model_validate(_settings(endpoint, config)),
+        question=problem.question, reasoning=reasoning,
+    )
+
+
+async def _complete(endpoint: Endpoint, chat: list[Message], prefix: str, config: CoTConfig,
+                    *, max_tokens: int, probe: bool = False) -> Completion:
+    """One request, retrying transient failures like the graph's ``RetryPolicy`` does."""
+    for attempt in range(endpoint.max_retries + 1):
+        try:
+            return await complete(
+                endpoint, chat, prefix, max_tokens=max_tokens,
+                temperature=config.probe_temperature if probe else config.temperature,
+                top_p=config.probe_top_p if probe else config.top_p, seed=config.seed)
+        except EndpointUnreachable:
+            if attempt == endpoint.max_retries:
+                raise
+            await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _settings(endpoint: Endpoint, config: CoTConfig) -> dict[str, Any]:
+    values = config.model_dump(exclude={"certainty_threshold"})
+    values["hesitation_words"] = list(config.hesitation_words)
+    return {"model": endpoint.model, "api_base": endpoint.api_base, **values}
+
+
+def sample_config(config: CoTConfig, sample: int) -> CoTConfig:
+    """Sample ``k`` of a problem uses seed ``seed + k`` (no seed: the server's randomness)."""
+    if config.seed is None:
+        return config
+    return config.model_copy(update={"seed": config.seed + sample})
+
+
+def _resume(out: Path, endpoint: Endpoint, config: CoTConfig) -> set[tuple[str, int]]:
+    """The (id, sample) pairs ``out`` already holds, after dropping a half-written last line."""
+    if not out.exists():
+        return set()
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):  # a run killed mid-write: drop the partial line
+        keep = data.rfind(b"\n") + 1
+        with out.open("r+b") as handle:
+            handle.truncate(keep)
+        print(f"{out}: dropped a half-written last line", file=sys.stderr)
+    wanted = _settings(endpoint, config)
+    done: set[tuple[str, int]] = set()
+    for trace in load_traces(out):
+        recorded = trace.settings.model_dump()
+        for key in _COMPARED_SETTINGS:
+            if recorded.get(key) != wanted[key]:
+                raise DataFormatError(
+                    f"{out}: trace {trace.id!r} was recorded with {key}={recorded.get(key)!r}, "
+                    f"this run uses {wanted[key]!r}; write to another --out")
+        done.add((trace.id, trace.sample))
+    return done
+
+
+async def record_traces(
+    endpoint: Endpoint,
+    problems: Sequence[Problem],
+    config: CoTConfig,
+    out: Path,
+    *,
+    samples: int = 1,
+    concurrency: int = 1,
+    progress: bool = False,
+) -> list[Trace]:
+    """Record ``samples`` traces per problem into ``out`` (jsonl), skipping those already there.
+
+    Each trace is written as one line as soon as it is complete, so an interrupted run loses
+    at most the traces in flight. Returns the traces recorded by this call.
+    """
+    if samples < 1 or concurrency < 1:
+        raise ValueError("samples and concurrency must be at least 1")
+    done = _resume(out, endpoint, config)
+    todo = [(p, k) for p in problems for k in range(samples) if (p.id, k) not in done]
+    queue: asyncio.Queue[tuple[Problem, int]] = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
+    recorded: list[Trace] = []
+    bar = progress_bar(len(todo), "record", progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as sink:
+
+        async def worker() -> None:
+            while not queue.empty():
+                problem, sample = queue.get_nowait()
+                trace = await record_trace(endpoint, problem, sample_config(config, sample),
+                                           sample)
+                sink.write(trace.model_dump_json() + "\n")  # one write: whole lines only
+                sink.flush()
+                recorded.append(trace)
+                if bar is not None:
+                    bar.update()
+                    bar.set_postfix(running_postfix([(t.correct, t.reasoning_tokens)
+                                                     for t in recorded]))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(concurrency, max(len(todo), 1))):
+                    group.create_task(worker())
+        except ExceptionGroup as failed:  # the first failure, not a group of one
+            raise failed.exceptions[0] from None
+        finally:
+            if bar is not None:
+                bar.close()
+    return recorded
