@@ -22,7 +22,7 @@ from ._errors import (
 from ._replay import replay_traces
 from ._state import CoTInput, CoTOutput, CoTState, Probe, StopReason, Usage, add_usage
 from ._traces import Trace, load_traces, record_traces
-from .certaindex import Decision, decide, probe_agreement
+from .certaindex import Decision, answer_entropy, decide, probe_agreement
 from .cot import create_dynasor_cot, solve
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "Trace",
     "Usage",
     "add_usage",
+    "answer_entropy",
     "certaindex",
     "create_dynasor_cot",
     "decide",

@@ -13,7 +13,6 @@ probe after which the probe answer equals the final answer and never changes aga
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -22,7 +21,7 @@ from ._answers import equivalent
 from ._methods import Method, parse_methods
 from ._report import ResultRow, summarize
 from ._traces import Trace, TraceProbe
-from .certaindex import decide, probe_agreement
+from .certaindex import answer_entropy, decide, probe_agreement
 
 DEFAULT_METHODS = ("full", "oracle", "mild", "low", "mid", "high", "crazy", "entropy:0.6@5")
 
@@ -93,32 +92,11 @@ def _cot(method: Method, trace: Trace) -> ResultRow:
     return _row(method, trace, trace.answer, trace.reasoning_tokens, seen, trace.stop_reason)
 
 
-def answer_entropy(answers: Sequence[str]) -> tuple[float, str]:
-    """``1 - H / log n`` over equivalence classes of ``answers``, and the majority answer.
-
-    An empty answer is its own class (it agrees with nothing). This is the SC Certaindex of the
-    paper (§3.1); it also scores a window of probes for the ``entropy`` rule.
-    """
-    classes: list[list[str]] = []
-    for answer in answers:
-        home = next((c for c in classes if answer and _same(c[0], answer)), None)
-        if home is None:
-            classes.append([answer])
-        else:
-            home.append(answer)
-    valid = [c for c in classes if c[0]]
-    majority = max(valid, key=len)[0] if valid else ""
-    n = len(answers)
-    if n < 2:
-        return (1.0 if majority else 0.0), majority
-    entropy = -sum(len(c) / n * math.log(len(c) / n) for c in classes)
-    return 1 - entropy / math.log(n), majority
-
-
 def _entropy(method: Method, trace: Trace) -> ResultRow:
     for k in range(method.window, len(trace.probes) + 1):
         window = trace.probes[k - method.window : k]
-        certaindex, majority = answer_entropy([p.answer if p.confident else "" for p in window])
+        answers = [p.answer if p.confident else "" for p in window]
+        certaindex, majority = answer_entropy(answers, _same)
         if certaindex >= method.threshold and majority:
             probe = window[-1]
             return _row(method, trace, majority, probe.tokens, trace.probes[:k], "certain")
@@ -130,10 +108,10 @@ def _sc(method: Method, samples: list[Trace]) -> ResultRow:
     """Self-consistency over a problem's samples; ``sc:X@D`` stops after D if certain."""
     used, stop = samples, "all_samples"
     if 0 < method.window < len(samples):
-        certaindex, _ = answer_entropy([t.answer for t in samples[: method.window]])
+        certaindex, _ = answer_entropy([t.answer for t in samples[: method.window]], _same)
         if certaindex >= method.threshold:
             used, stop = samples[: method.window], "certain"
-    _, answer = answer_entropy([t.answer for t in used])
+    _, answer = answer_entropy([t.answer for t in used], _same)
     fulls = [_full(method, t) for t in used]
     first = samples[0]
     return ResultRow(

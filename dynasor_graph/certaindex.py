@@ -13,10 +13,15 @@ the last ``w`` probes ``p_{k-w+1} .. p_k`` (``p_k`` the latest)::
 ``≡`` is :func:`dynasor_graph.equivalent` (math-verify, else normalised text). Fewer than
 ``w`` probes count as missing, so the value reaches 1.0 exactly when the reference exit rule
 holds: the last ``w`` probes are all non-empty, confident and equivalent.
+
+Answer entropy (self-consistency, paper §3.1). Group ``n`` answers into equivalence classes
+``C_i`` (an empty answer is a class of its own); ``H = -Σ |C_i|/n · ln(|C_i|/n)`` and
+``certaindex = 1 - H / ln n`` (one non-empty answer: 1.0). See :func:`answer_entropy`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
@@ -60,3 +65,27 @@ def decide(certaindex: float, threshold: float = 1.0, *, can_widen: bool = False
     if certaindex >= threshold:
         return "exit"
     return "widen" if can_widen else "continue"
+
+
+def answer_entropy(
+    answers: Sequence[str], same: Callable[[str, str], bool] = equivalent
+) -> tuple[float, str]:
+    """``1 - H / log n`` over equivalence classes of ``answers``, and the majority answer.
+
+    An empty answer is its own class (it agrees with nothing). This is the SC Certaindex of the
+    paper (§3.1); it also scores a window of probes for the ``entropy`` rule.
+    """
+    classes: list[list[str]] = []
+    for answer in answers:
+        home = next((c for c in classes if answer and same(c[0], answer)), None)
+        if home is None:
+            classes.append([answer])
+        else:
+            home.append(answer)
+    valid = [c for c in classes if c[0]]
+    majority = max(valid, key=len)[0] if valid else ""
+    n = len(answers)
+    if n < 2:
+        return (1.0 if majority else 0.0), majority
+    entropy = -sum(len(c) / n * math.log(len(c) / n) for c in classes)
+    return 1 - entropy / math.log(n), majority

@@ -1,0 +1,87 @@
+"""Graph factories for LangGraph Studio (``langgraph dev``); ``langgraph.json`` lists them.
+
+Each factory builds its graph per run from the run's configuration: the endpoint comes from
+``configurable`` (``api_base``, ``model``, ``api_key``), else ``$DYNASOR_API_BASE``,
+``$DYNASOR_MODEL`` and ``$DYNASOR_API_KEY``, else the embedded local vLLM on
+``http://127.0.0.1:8471/v1`` (start it with ``dynasor-graph serve-local``). So Studio users
+point the graphs at their own vLLM without editing code.
+
+    LANGSMITH_TRACING=false LANGGRAPH_CLI_NO_ANALYTICS=1 \\
+        langgraph dev --no-browser --no-reload --host 127.0.0.1 --port 2024
+
+Graphs: ``dynasor_cot`` (configurable ``effort``, ``max_tokens``, ``chunk_size``,
+``certainty_threshold``), ``agent`` (``create_agent`` with early stop; ``tool_choice`` ``none``
+for servers without a tool-call parser) and ``agent_graph`` (the same loop built by hand).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import SecretStr
+
+from dynasor_graph import CoTConfig, CoTInput, CoTOutput, CoTState, Endpoint, create_dynasor_cot
+from dynasor_graph.agents import EarlyStopSettings
+
+# langgraph dev loads this file by path: make its sibling example importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from agent import ToolChoice, build_agent, build_graph
+
+# Import the model clients while Studio loads the graphs, not on the event loop during a run:
+# langgraph dev rejects the file access of a first import there as a blocking call.
+for _module in ("litellm", "langchain_litellm", "math_verify"):
+    importlib.import_module(_module)
+
+DEFAULT_API_BASE = "http://127.0.0.1:8471/v1"  # `dynasor-graph serve-local`
+DEFAULT_MODEL = "hosted_vllm/smollm2-135m-instruct"
+
+
+def _configurable(config: RunnableConfig) -> dict[str, Any]:
+    return dict(config.get("configurable") or {})
+
+
+def endpoint_from(config: RunnableConfig) -> Endpoint:
+    """The run's endpoint: ``configurable``, else ``$DYNASOR_*``, else the local vLLM."""
+    options = _configurable(config)
+
+    def pick(field: str, variable: str, default: str) -> str:
+        return str(options.get(field) or os.environ.get(variable) or default)
+
+    return Endpoint(model=pick("model", "DYNASOR_MODEL", DEFAULT_MODEL),
+                    api_base=pick("api_base", "DYNASOR_API_BASE", DEFAULT_API_BASE),
+                    api_key=SecretStr(pick("api_key", "DYNASOR_API_KEY", "EMPTY")))
+
+
+def dynasor_cot(config: RunnableConfig) -> CompiledStateGraph[CoTState, None, CoTInput, CoTOutput]:
+    """Dynasor-CoT; ``configurable``: ``effort`` and any :class:`CoTConfig` field overrides."""
+    options = _configurable(config)
+    overrides = {k: options[k] for k in ("max_tokens", "chunk_size", "certainty_threshold",
+                                         "seed") if options.get(k) is not None}
+    settings = CoTConfig.from_effort(options.get("effort") or "mid", **overrides)
+    return create_dynasor_cot(endpoint_from(config), settings)
+
+
+def _agent_settings(config: RunnableConfig) -> EarlyStopSettings:
+    options = _configurable(config)
+    return EarlyStopSettings.model_validate(
+        {k: options[k] for k in ("certainty_threshold", "min_steps", "dry_run")
+         if options.get(k) is not None})
+
+
+def agent(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The example tool agent (``create_agent`` + early-stop middleware)."""
+    tool_choice: ToolChoice = "none" if _configurable(config).get("tool_choice") == "none" \
+        else "auto"
+    return build_agent(endpoint_from(config), _agent_settings(config), tool_choice=tool_choice)
+
+
+def agent_graph(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The example tool agent as a hand-built loop with ``early_stop_node``."""
+    return build_graph(endpoint_from(config), _agent_settings(config))

@@ -1,0 +1,348 @@
+"""Early stop for tool agents against a scripted loopback server that returns tool calls.
+
+The server (modelled on ``scripted_server.py``) scripts the agent's turns, each a list of tool
+calls or a final text, and the probes' replies; ``usage`` counts whitespace tokens. Every test
+runs the real example tools and compares the early-stop report with the server's own log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from pydantic import ValidationError
+
+from dynasor_graph import Endpoint
+from dynasor_graph.agents import DEFAULT_AGENT_PROBE_SUFFIX, EarlyStopSettings
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+
+from agent import SYSTEM_PROMPT, build_agent, build_graph, evaluate, search_docs
+
+Turn = str | list[tuple[str, dict[str, Any]]]  # a final answer, or tool calls (name, args)
+
+
+def tokens(text: str) -> list[str]:
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+@dataclass
+class AgentScript:
+    """The agent's turns in order, the probes' replies in order, and a log of every request."""
+
+    turns: list[Turn] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def reply(self, body: dict[str, Any]) -> dict[str, Any]:
+        messages = body["messages"]
+        prompt_tokens = sum(len(tokens(str(m.get("content") or ""))) + 4 for m in messages)
+        last = str(messages[-1].get("content") or "")
+        message: dict[str, Any] = {"role": "assistant", "content": None}
+        if body.get("continue_final_message") and last.endswith(DEFAULT_AGENT_PROBE_SUFFIX):
+            kind = "probe"
+            calls = sum(1 for e in self.log if e["kind"] == "probe")
+            text = self.probes[min(calls, len(self.probes) - 1)] if self.probes else ""
+            message["content"], completion, finish = text, len(tokens(text)), "stop"
+        else:
+            kind = "model"
+            step = sum(1 for e in self.log if e["kind"] == "model")
+            turn = self.turns[min(step, len(self.turns) - 1)]
+            if isinstance(turn, str):
+                message["content"], completion, finish = turn, len(tokens(turn)), "stop"
+            else:
+                message["tool_calls"] = [
+                    {"id": f"call_{step}_{i}", "type": "function",
+                     "function": {"name": name, "arguments": json.dumps(args)}}
+                    for i, (name, args) in enumerate(turn)]
+                completion, finish = 10 * len(turn), "tool_calls"
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": prompt_tokens + completion}
+        self.log.append({"kind": kind, "body": body, "usage": usage})
+        return {"id": f"cmpl-{len(self.log)}", "object": "chat.completion",
+                "created": int(time.time()), "model": body.get("model", "scripted"),
+                "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+                "usage": usage}
+
+    def total(self, kind: str, name: str) -> int:
+        return sum(e["usage"][name] for e in self.log if e["kind"] == kind)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for e in self.log if e["kind"] == kind)
+
+
+class AgentServer:
+    """Serves an :class:`AgentScript` on 127.0.0.1 at a free port; a context manager."""
+
+    def __init__(self) -> None:
+        self.script = AgentScript()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                data = json.dumps(outer.script.reply(body)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> AgentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def server() -> Iterator[AgentServer]:
+    with AgentServer() as running:
+        yield running
+
+
+@pytest.fixture
+def endpoint(server: AgentServer) -> Endpoint:
+    return Endpoint(model="hosted_vllm/scripted", api_base=server.api_base, timeout_s=10)
+
+
+# The lamps question: look the warehouse up, multiply, multiply again, look up again, answer.
+LAMPS: list[Turn] = [
+    [("lookup", {"query": "Harbor Street warehouse"})],
+    [("calculate", {"expression": "240 * 12"})],
+    [("calculate", {"expression": "12 * 240"})],
+    [("lookup", {"query": "Harbor Street lamps"})],
+    "2880",
+]
+
+
+async def run_agent(endpoint: Endpoint, settings: EarlyStopSettings | None = None,
+                    early_stop: bool = True) -> dict[str, Any]:
+    agent = build_agent(endpoint, settings, early_stop=early_stop)
+    return dict(await agent.ainvoke({"messages": [HumanMessage("How many lamps?")]}))
+
+
+def model_tokens(script: AgentScript) -> int:
+    return script.total("model", "prompt_tokens") + script.total("model", "completion_tokens")
+
+
+async def test_stops_at_the_step_where_the_probes_agree(server: AgentServer,
+                                                       endpoint: Endpoint) -> None:
+    # probes after steps 1, 2, 3: a guess, then 2880 twice → Certaindex 1.0 at step 3
+    server.script.turns, server.script.probes = LAMPS, ["100}", "2880}", "2880} \\]"]
+    result = await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    report = result["early_stop"]
+    assert (report["stop_reason"], report["decision"], report["certaindex"]) == (
+        "certain", "exit", 1.0)
+    assert [(p["step"], p["answer"]) for p in report["probes"]] == [
+        (1, "100"), (2, "2880"), (3, "2880")]
+    assert [e["kind"] for e in server.script.log] == ["model", "probe"] * 3
+    final = result["messages"][-1]
+    assert isinstance(final, AIMessage) and final.content == "2880"
+    assert final.tool_calls == [] and final.response_metadata["early_stop"]["step"] == 3
+    # every tool call left in the history ran: each has its ToolMessage, none dangles
+    called = [c["id"] for m in result["messages"] if isinstance(m, AIMessage)
+              for c in m.tool_calls]
+    answered = [m.tool_call_id for m in result["messages"] if isinstance(m, ToolMessage)]
+    assert called == answered == ["call_0_0", "call_1_0"]
+    assert "240 crates" in result["messages"][2].content  # the real lookup tool ran
+    assert result["messages"][4].content == "2880"  # the real calculator ran
+    assert report["usage"] == {
+        "model_calls": 3, "tool_calls": 2,
+        "model_prompt_tokens": server.script.total("model", "prompt_tokens"),
+        "model_completion_tokens": server.script.total("model", "completion_tokens"),
+        "probe_prompt_tokens": server.script.total("probe", "prompt_tokens"),
+        "probe_completion_tokens": server.script.total("probe", "completion_tokens"),
+    }
+    assert report["saved"] is None and report["would_stop"] is None
+
+
+async def test_probe_repeats_the_step_prompt_with_the_same_tools(server: AgentServer,
+                                                                endpoint: Endpoint) -> None:
+    server.script.turns, server.script.probes = LAMPS, ["7}"]
+    await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    log = server.script.log
+    step_2, probe_2 = log[2]["body"], log[3]["body"]
+    assert probe_2["messages"][:-1] == step_2["messages"]
+    assert probe_2["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
+    assert probe_2["messages"][-1] == {"role": "assistant", "content": DEFAULT_AGENT_PROBE_SUFFIX}
+    assert [m["role"] for m in step_2["messages"]] == ["system", "user", "assistant", "tool"]
+    assert probe_2["tools"] == step_2["tools"] and probe_2["tool_choice"] == "none"
+    assert probe_2["continue_final_message"] is True
+    assert probe_2["add_generation_prompt"] is False
+    assert probe_2["max_tokens"] == 20
+
+
+async def test_dry_run_measures_what_stopping_saves_against_both_real_runs(
+    server: AgentServer, endpoint: Endpoint
+) -> None:
+    probes = ["100}", "2880}", "2880}", "2880}"]
+    settings = EarlyStopSettings(certainty_threshold=2)
+    server.script.turns, server.script.probes = LAMPS, probes
+    baseline = await run_agent(endpoint, early_stop=False)
+    base_calls, base_tokens = server.script.count("model"), model_tokens(server.script)
+    assert "early_stop" not in baseline and server.script.count("probe") == 0
+    server.script.log.clear()
+    stopped = (await run_agent(endpoint, settings))["early_stop"]["usage"]
+    server.script.log.clear()
+    dry = await run_agent(endpoint, settings.model_copy(update={"dry_run": True}))
+    report = dry["early_stop"]
+    assert dry["messages"][-1].content == "2880" and report["stop_reason"] == "finished"
+    assert report["would_stop"] == {"step": 3, "stop_reason": "certain", "answer": "2880",
+                                    "usage": stopped}
+    assert report["usage"]["model_calls"] == base_calls == 5
+    assert report["usage"]["tool_calls"] == 4
+    stopped_model = stopped["model_prompt_tokens"] + stopped["model_completion_tokens"]
+    stopped_probes = stopped["probe_prompt_tokens"] + stopped["probe_completion_tokens"]
+    assert report["saved"] == {
+        "model_calls": 5 - 3, "tool_calls": 4 - 2, "model_tokens": base_tokens - stopped_model,
+        "probe_tokens": stopped_probes, "net_tokens": base_tokens - stopped_model - stopped_probes,
+    }
+    assert report["saved"]["model_tokens"] > 0 and stopped_probes > 0
+
+
+async def test_repeated_identical_tool_call_ends_the_run(server: AgentServer,
+                                                        endpoint: Endpoint) -> None:
+    server.script.turns = [[("calculate", {"expression": "2 + 2"})],
+                           [("calculate", {"expression": "2 + 2"})], "4"]
+    server.script.probes = ["4}", "hmm 4}"]  # the second probe hesitates: no certainty
+    result = await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    report = result["early_stop"]
+    assert (report["stop_reason"], report["answer"], report["certaindex"]) == (
+        "repeated_tool_call", "4", 0.0)
+    assert result["messages"][-1].content == "4" and result["messages"][-1].tool_calls == []
+    assert report["usage"]["tool_calls"] == 1  # the repeat never ran
+    server.script.log.clear()
+    no_repeat = EarlyStopSettings(certainty_threshold=2, stop_on_repeated_tool_calls=False)
+    result = await run_agent(endpoint, no_repeat)
+    assert result["early_stop"]["stop_reason"] == "finished"
+    assert result["early_stop"]["usage"]["tool_calls"] == 2
+
+
+async def test_min_steps_delays_the_stop(server: AgentServer, endpoint: Endpoint) -> None:
+    server.script.turns, server.script.probes = LAMPS, ["2880}"]
+    result = await run_agent(endpoint, EarlyStopSettings(certainty_threshold=1, min_steps=4))
+    report = result["early_stop"]
+    assert report["stop_reason"] == "certain"
+    assert report["usage"]["model_calls"] == 4 and report["usage"]["tool_calls"] == 3
+
+
+async def test_unsettled_answers_run_to_the_natural_end(server: AgentServer,
+                                                       endpoint: Endpoint) -> None:
+    server.script.turns, server.script.probes = LAMPS, ["1}", "2}", "wait 3}", "4}"]
+    result = await run_agent(endpoint)
+    report = result["early_stop"]
+    assert report["stop_reason"] == "finished" and report["answer"] == "2880"
+    assert len(report["probes"]) == 4 and report["usage"]["model_calls"] == 5
+    assert report["certaindex"] == 0.5  # the last probe's value, before the final step
+
+
+async def test_probe_events_stream_as_custom_events(server: AgentServer,
+                                                   endpoint: Endpoint) -> None:
+    server.script.turns, server.script.probes = LAMPS, ["100}", "2880}", "2880}"]
+    agent = build_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    events = [chunk async for mode, chunk in agent.astream(
+        {"messages": [HumanMessage("q")]}, stream_mode=["custom", "updates"]) if mode == "custom"]
+    assert [(e["step"], e["answer"], e["certaindex"], e["decision"]) for e in events] == [
+        (1, "100", 0.5, "continue"), (2, "2880", 0.5, "continue"), (3, "2880", 1.0, "exit")]
+
+
+async def test_a_second_turn_on_the_thread_starts_a_fresh_report(
+    server: AgentServer, endpoint: Endpoint
+) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    server.script.turns, server.script.probes = LAMPS, ["2880}"]
+    agent = build_agent(endpoint, EarlyStopSettings(certainty_threshold=2),
+                        checkpointer=InMemorySaver())
+    thread = {"configurable": {"thread_id": "t"}}
+    first = await agent.ainvoke({"messages": [HumanMessage("q1")]}, thread)
+    assert first["early_stop"]["usage"]["model_calls"] == 2
+    server.script.log.clear()
+    second = await agent.ainvoke({"messages": [HumanMessage("q2")]}, thread)
+    assert second["early_stop"]["usage"]["model_calls"] == 2
+    assert [p["step"] for p in second["early_stop"]["probes"]] == [1, 2]
+
+
+async def test_hand_built_graph_stops_the_same_way(server: AgentServer,
+                                                  endpoint: Endpoint) -> None:
+    server.script.turns, server.script.probes = LAMPS, ["100}", "2880}", "2880}"]
+    graph = build_graph(endpoint, EarlyStopSettings(certainty_threshold=2))
+    result = await graph.ainvoke({"messages": [HumanMessage("How many lamps?")]})
+    report = result["early_stop"]
+    assert (report["stop_reason"], report["answer"]) == ("certain", "2880")
+    assert result["messages"][-1].content == "2880" and not result["messages"][-1].tool_calls
+    assert report["usage"]["model_calls"] == 3 and report["usage"]["tool_calls"] == 2
+    assert report["usage"]["probe_prompt_tokens"] == server.script.total("probe", "prompt_tokens")
+    log = server.script.log
+    assert log[3]["body"]["messages"][:-1] == log[2]["body"]["messages"]
+    drawing = graph.get_graph().draw_mermaid(with_styles=False)
+    assert "early_stop -. &nbsp;continue&nbsp; .-> tools;" in drawing
+    assert "early_stop -. &nbsp;exit&nbsp; .-> __end__;" in drawing
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"certainty_threshold": 0}, {"min_steps": 0}, {"probe_suffix": ""},
+     {"probe_max_tokens": 0}, {"unknown": 1}],
+)
+def test_settings_are_validated(values: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        EarlyStopSettings.model_validate(values)
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [("240 * 12", 2880), ("(18 * 35) * 40", 25200), ("5,400 / 6", 900), ("7 / 2", 3.5),
+     ("-2 ** 3", -8), ("2^10", 1024), ("17 // 5 + 17 % 5", 5), ("1_000 - 1", 999)],
+)
+def test_calculator_evaluates_arithmetic(expression: str, value: float) -> None:
+    assert evaluate(expression) == value
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["__import__('os').system('true')", "open('x')", "x + 1", "[1, 2]", "2 ** 1000",
+     "10 ** 64 * 10 ** 64", "1 / 0", "True + 1", "'a' * 3", "(-8) ** 0.5", "1e308 * 10",
+     "", "1 +" , "9" * 300, "lambda: 1"],
+)
+def test_calculator_refuses_everything_else(expression: str) -> None:
+    with pytest.raises(ValueError):
+        evaluate(expression)
+
+
+def test_lookup_finds_the_document() -> None:
+    assert "240 crates" in search_docs("Harbor Street warehouse lamps")
+    assert "5,400 books" in search_docs("how many books does the River library own")
+    assert search_docs("zzz qqq").startswith("no document matches")
+
+
+def test_public_names_exist() -> None:
+    import dynasor_graph.agents as agents
+
+    assert all(hasattr(agents, name) for name in agents.__all__)
+    assert len(set(agents.__all__)) == len(agents.__all__)
