@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/dynasor-graph solve "$(QUESTION)" --max-tokens 512
+	$(BIN)/dynasor-graph solve "$(QUESTION)" --chunk-size 8 --max-tokens 512 --seed 0
 
 lint: install
 	$(BIN)/ruff check .
