@@ -80,9 +80,13 @@ class Script:
 
 
 class ScriptedServer:
-    """Serves a :class:`Script` on 127.0.0.1 at a free port; a context manager."""
+    """Serves a script on 127.0.0.1 at a free port; a context manager.
 
-    def __init__(self, script: Script | None = None) -> None:
+    The script is a :class:`Script`, or any object whose ``reply(body)`` returns the HTTP
+    status and JSON payload for one chat-completions request (the agent tests script tool calls).
+    """
+
+    def __init__(self, script: Any = None) -> None:
         self.script = script or Script()
         outer = self
 
@@ -108,7 +112,7 @@ class ScriptedServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if outer.script.delay_s:
+                if getattr(outer.script, "delay_s", 0):
                     time.sleep(outer.script.delay_s)
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"message": f"no route {self.path}"})

@@ -1,8 +1,9 @@
 """Early stop for tool agents against a scripted loopback server that returns tool calls.
 
-The server (modelled on ``scripted_server.py``) scripts the agent's turns, each a list of tool
-calls or a final text, and the probes' replies; ``usage`` counts whitespace tokens. Every test
-runs the real example tools and compares the early-stop report with the server's own log.
+The server (``ScriptedServer`` serving an ``AgentScript``) scripts the agent's turns, each a
+list of tool calls or a final text, and the probes' replies; ``usage`` counts whitespace
+tokens. Every test runs the real example tools and compares the early-stop report with the
+server's own log.
 """
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from pydantic import ValidationError
+from scripted_server import ScriptedServer
 
 from dynasor_graph import Endpoint
 from dynasor_graph.agents import DEFAULT_AGENT_PROBE_SUFFIX, EarlyStopSettings
@@ -44,7 +44,7 @@ class AgentScript:
     probes: list[str] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
 
-    def reply(self, body: dict[str, Any]) -> dict[str, Any]:
+    def reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         messages = body["messages"]
         prompt_tokens = sum(len(tokens(str(m.get("content") or ""))) + 4 for m in messages)
         last = str(messages[-1].get("content") or "")
@@ -69,10 +69,10 @@ class AgentScript:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                  "total_tokens": prompt_tokens + completion}
         self.log.append({"kind": kind, "body": body, "usage": usage})
-        return {"id": f"cmpl-{len(self.log)}", "object": "chat.completion",
-                "created": int(time.time()), "model": body.get("model", "scripted"),
-                "choices": [{"index": 0, "finish_reason": finish, "message": message}],
-                "usage": usage}
+        return 200, {"id": f"cmpl-{len(self.log)}", "object": "chat.completion",
+                     "created": int(time.time()), "model": body.get("model", "scripted"),
+                     "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+                     "usage": usage}
 
     def total(self, kind: str, name: str) -> int:
         return sum(e["usage"][name] for e in self.log if e["kind"] == kind)
@@ -81,52 +81,14 @@ class AgentScript:
         return sum(1 for e in self.log if e["kind"] == kind)
 
 
-class AgentServer:
-    """Serves an :class:`AgentScript` on 127.0.0.1 at a free port; a context manager."""
-
-    def __init__(self) -> None:
-        self.script = AgentScript()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                data = json.dumps(outer.script.reply(body)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def api_base(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> AgentServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-
 @pytest.fixture
-def server() -> Iterator[AgentServer]:
-    with AgentServer() as running:
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(AgentScript()) as running:
         yield running
 
 
 @pytest.fixture
-def endpoint(server: AgentServer) -> Endpoint:
+def endpoint(server: ScriptedServer) -> Endpoint:
     return Endpoint(model="hosted_vllm/scripted", api_base=server.api_base, timeout_s=10)
 
 
@@ -150,7 +112,7 @@ def model_tokens(script: AgentScript) -> int:
     return script.total("model", "prompt_tokens") + script.total("model", "completion_tokens")
 
 
-async def test_stops_at_the_step_where_the_probes_agree(server: AgentServer,
+async def test_stops_at_the_step_where_the_probes_agree(server: ScriptedServer,
                                                        endpoint: Endpoint) -> None:
     # probes after steps 1, 2, 3: a guess, then 2880 twice → Certaindex 1.0 at step 3
     server.script.turns, server.script.probes = LAMPS, ["100}", "2880}", "2880} \\]"]
@@ -181,7 +143,7 @@ async def test_stops_at_the_step_where_the_probes_agree(server: AgentServer,
     assert report["saved"] is None and report["would_stop"] is None
 
 
-async def test_probe_repeats_the_step_prompt_with_the_same_tools(server: AgentServer,
+async def test_probe_repeats_the_step_prompt_with_the_same_tools(server: ScriptedServer,
                                                                 endpoint: Endpoint) -> None:
     server.script.turns, server.script.probes = LAMPS, ["7}"]
     await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
@@ -198,7 +160,7 @@ async def test_probe_repeats_the_step_prompt_with_the_same_tools(server: AgentSe
 
 
 async def test_dry_run_measures_what_stopping_saves_against_both_real_runs(
-    server: AgentServer, endpoint: Endpoint
+    server: ScriptedServer, endpoint: Endpoint
 ) -> None:
     probes = ["100}", "2880}", "2880}", "2880}"]
     settings = EarlyStopSettings(certainty_threshold=2)
@@ -225,7 +187,7 @@ async def test_dry_run_measures_what_stopping_saves_against_both_real_runs(
     assert report["saved"]["model_tokens"] > 0 and stopped_probes > 0
 
 
-async def test_repeated_identical_tool_call_ends_the_run(server: AgentServer,
+async def test_repeated_identical_tool_call_ends_the_run(server: ScriptedServer,
                                                         endpoint: Endpoint) -> None:
     server.script.turns = [[("calculate", {"expression": "2 + 2"})],
                            [("calculate", {"expression": "2 + 2"})], "4"]
@@ -243,7 +205,7 @@ async def test_repeated_identical_tool_call_ends_the_run(server: AgentServer,
     assert result["early_stop"]["usage"]["tool_calls"] == 2
 
 
-async def test_min_steps_delays_the_stop(server: AgentServer, endpoint: Endpoint) -> None:
+async def test_min_steps_delays_the_stop(server: ScriptedServer, endpoint: Endpoint) -> None:
     server.script.turns, server.script.probes = LAMPS, ["2880}"]
     result = await run_agent(endpoint, EarlyStopSettings(certainty_threshold=1, min_steps=4))
     report = result["early_stop"]
@@ -251,7 +213,7 @@ async def test_min_steps_delays_the_stop(server: AgentServer, endpoint: Endpoint
     assert report["usage"]["model_calls"] == 4 and report["usage"]["tool_calls"] == 3
 
 
-async def test_unsettled_answers_run_to_the_natural_end(server: AgentServer,
+async def test_unsettled_answers_run_to_the_natural_end(server: ScriptedServer,
                                                        endpoint: Endpoint) -> None:
     server.script.turns, server.script.probes = LAMPS, ["1}", "2}", "wait 3}", "4}"]
     result = await run_agent(endpoint)
@@ -261,7 +223,7 @@ async def test_unsettled_answers_run_to_the_natural_end(server: AgentServer,
     assert report["certaindex"] == 0.5  # the last probe's value, before the final step
 
 
-async def test_probe_events_stream_as_custom_events(server: AgentServer,
+async def test_probe_events_stream_as_custom_events(server: ScriptedServer,
                                                    endpoint: Endpoint) -> None:
     server.script.turns, server.script.probes = LAMPS, ["100}", "2880}", "2880}"]
     agent = build_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
@@ -272,7 +234,7 @@ async def test_probe_events_stream_as_custom_events(server: AgentServer,
 
 
 async def test_a_second_turn_on_the_thread_starts_a_fresh_report(
-    server: AgentServer, endpoint: Endpoint
+    server: ScriptedServer, endpoint: Endpoint
 ) -> None:
     from langgraph.checkpoint.memory import InMemorySaver
 
@@ -288,7 +250,7 @@ async def test_a_second_turn_on_the_thread_starts_a_fresh_report(
     assert [p["step"] for p in second["early_stop"]["probes"]] == [1, 2]
 
 
-async def test_hand_built_graph_stops_the_same_way(server: AgentServer,
+async def test_hand_built_graph_stops_the_same_way(server: ScriptedServer,
                                                   endpoint: Endpoint) -> None:
     server.script.turns, server.script.probes = LAMPS, ["100}", "2880}", "2880}"]
     graph = build_graph(endpoint, EarlyStopSettings(certainty_threshold=2))
