@@ -19,7 +19,7 @@ from ._answers import equivalent
 from ._config import Endpoint
 from ._datasets import Problem
 from ._methods import REPLAY_ONLY, Method, parse_methods
-from ._report import ResultRow, progress_bar, running_postfix, summarize
+from ._report import ResultRow, progress_bar, run_workers, running_postfix, summarize
 from .cot import create_dynasor_cot
 
 DEFAULT_METHODS = ("full", "low", "mid", "high")
@@ -81,14 +81,6 @@ async def run_bench(
                 bar.set_postfix(running_postfix([(r["correct"], r["reasoning_tokens"])
                                                  for _, _, r in done]))
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(concurrency, queue.qsize())):
-                group.create_task(worker())
-    except ExceptionGroup as failed:  # the first failure, not a group of one
-        raise failed.exceptions[0] from None
-    finally:
-        if bar is not None:
-            bar.close()
+    await run_workers(worker, min(concurrency, queue.qsize()), bar)
     rows = [row for _, _, row in sorted(done, key=lambda item: item[:2])]
     return rows, summarize(rows, [m.name for m in parsed])

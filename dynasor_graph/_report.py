@@ -8,10 +8,11 @@ baseline (``full`` reasoning; ``sc`` for self-consistency), so probes are paid f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -143,3 +144,18 @@ def running_postfix(done: Sequence[tuple[bool, int]]) -> dict[str, str]:
         return {}
     return {"acc": f"{sum(c for c, _ in done) / len(done):.2f}",
             "tok": f"{sum(t for _, t in done) / len(done):.0f}"}
+
+
+async def run_workers(worker: Callable[[], Coroutine[Any, Any, None]], count: int,
+                      bar: Any) -> None:
+    """Run ``count`` copies of ``worker`` at once; re-raise the first failure itself (not a
+    group of one) and close the progress bar whatever happens."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(count):
+                group.create_task(worker())
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    finally:
+        if bar is not None:
+            bar.close()

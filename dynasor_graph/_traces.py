@@ -29,7 +29,7 @@ from ._datasets import DataFormatError, Problem
 from ._endpoint import Completion, Message, complete
 from ._errors import EndpointUnreachable
 from ._nodes import chat_messages
-from ._report import progress_bar, running_postfix
+from ._report import progress_bar, run_workers, running_postfix
 
 # Settings that change what a trace means; api_base and seed may differ between resumed runs.
 _COMPARED_SETTINGS = ("model", "chunk_size", "max_tokens", "temperature", "top_p",
@@ -247,13 +247,5 @@ async def record_traces(
                     bar.set_postfix(running_postfix([(t.correct, t.reasoning_tokens)
                                                      for t in recorded]))
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(min(concurrency, max(len(todo), 1))):
-                    group.create_task(worker())
-        except ExceptionGroup as failed:  # the first failure, not a group of one
-            raise failed.exceptions[0] from None
-        finally:
-            if bar is not None:
-                bar.close()
+        await run_workers(worker, min(concurrency, max(len(todo), 1)), bar)
     return recorded
