@@ -9,7 +9,14 @@ conditional edges route on it: ``exit``, ``continue`` or ``widen``.
 from . import certaindex
 from ._answers import HESITATION_WORDS, equivalent, final_answer, is_confident, probe_answer
 from ._bench import run_bench
-from ._config import DEFAULT_PROBE_SUFFIX, EFFORT_PRESETS, CoTConfig, Effort, Endpoint
+from ._config import (
+    DEFAULT_PROBE_SUFFIX,
+    EFFORT_PRESETS,
+    CoTConfig,
+    Effort,
+    Endpoint,
+    ProbeSettings,
+)
 from ._datasets import DataFormatError, Problem, load_dataset
 from ._default import default_endpoint
 from ._errors import (
@@ -42,6 +49,7 @@ __all__ = [
     "EndpointUnreachable",
     "LocalServerError",
     "Probe",
+    "ProbeSettings",
     "Problem",
     "ServerRefused",
     "StopReason",

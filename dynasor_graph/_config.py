@@ -65,10 +65,22 @@ class Endpoint(BaseModel):
         return cls.model_validate(values)
 
 
-class CoTConfig(BaseModel):
-    """How Dynasor-CoT reasons, probes and stops. Defaults are the reference's (effort ``mid``)."""
+class ProbeSettings(BaseModel):
+    """How a probe asks for the answer now and reads it: shared by Dynasor-CoT and the agent
+    early stop, which differ only in their suffix and stopping rules."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    probe_suffix: str = Field(default=DEFAULT_PROBE_SUFFIX, min_length=1)
+    probe_max_tokens: int = Field(default=20, ge=1, le=1024)
+    probe_temperature: float = Field(default=0.6, ge=0, le=2)
+    probe_top_p: float = Field(default=0.95, gt=0, le=1)
+    hesitation_words: tuple[str, ...] = HESITATION_WORDS
+    seed: int | None = Field(default=None, description="Sampling seed passed to the server")
+
+
+class CoTConfig(ProbeSettings):
+    """How Dynasor-CoT reasons, probes and stops. Defaults are the reference's (effort ``mid``)."""
 
     chunk_size: int = Field(default=64, ge=1, le=8192, description="Tokens reasoned between probes")
     certainty_threshold: int = Field(
@@ -79,12 +91,6 @@ class CoTConfig(BaseModel):
     )
     temperature: float = Field(default=0.6, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
-    probe_suffix: str = Field(default=DEFAULT_PROBE_SUFFIX, min_length=1)
-    probe_max_tokens: int = Field(default=20, ge=1, le=1024)
-    probe_temperature: float = Field(default=0.6, ge=0, le=2)
-    probe_top_p: float = Field(default=0.95, gt=0, le=1)
-    hesitation_words: tuple[str, ...] = HESITATION_WORDS
-    seed: int | None = Field(default=None, description="Sampling seed passed to the server")
     system_prompt: str | None = Field(default=None, description="Prepended as a system message")
 
     @classmethod

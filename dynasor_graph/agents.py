@@ -65,10 +65,10 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import MessagesState
 from langgraph.runtime import Runtime
 from langgraph.types import Command
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ._answers import HESITATION_WORDS, is_confident, probe_answer
-from ._config import Endpoint
+from ._answers import is_confident, probe_answer
+from ._config import Endpoint, ProbeSettings
 from ._endpoint import complete
 from .certaindex import Decision, decide, probe_agreement
 
@@ -98,10 +98,8 @@ AgentStopReason = Literal["certain", "repeated_tool_call", "finished"]
 calls already made; ``finished``: the model answered without tools by itself."""
 
 
-class EarlyStopSettings(BaseModel):
+class EarlyStopSettings(ProbeSettings):
     """When an agent's run may end early, and how its answer is probed."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     certainty_threshold: int = Field(
         default=2, ge=1, le=64, description="Window w: agreeing confident probes needed to stop"
@@ -113,11 +111,6 @@ class EarlyStopSettings(BaseModel):
         default=True, description="Also stop when a step only repeats tool calls of this run"
     )
     probe_suffix: str = Field(default=DEFAULT_AGENT_PROBE_SUFFIX, min_length=1)
-    probe_max_tokens: int = Field(default=20, ge=1, le=1024)
-    probe_temperature: float = Field(default=0.6, ge=0, le=2)
-    probe_top_p: float = Field(default=0.95, gt=0, le=1)
-    hesitation_words: tuple[str, ...] = HESITATION_WORDS
-    seed: int | None = Field(default=None, description="Sampling seed passed to the server")
     dry_run: bool = Field(
         default=False, description="Probe and report what stopping would save, never stop"
     )
