@@ -6,7 +6,8 @@ high. Here the reasoning algorithms are LangGraph graphs, the Certaindex is a st
 conditional edges route on it: ``exit``, ``continue`` or ``widen``.
 """
 
-from . import certaindex
+from . import certaindex, rewards
+from ._algorithms import ALGORITHMS, Algorithm, create_graph, solve
 from ._answers import HESITATION_WORDS, equivalent, final_answer, is_confident, probe_answer
 from ._bench import run_bench
 from ._config import (
@@ -15,7 +16,11 @@ from ._config import (
     CoTConfig,
     Effort,
     Endpoint,
+    MCTSConfig,
     ProbeSettings,
+    RebaseConfig,
+    SCConfig,
+    TreeConfig,
 )
 from ._datasets import DataFormatError, Problem, load_dataset
 from ._default import default_endpoint
@@ -27,15 +32,48 @@ from ._errors import (
     ServerRefused,
 )
 from ._replay import replay_traces
-from ._state import CoTInput, CoTOutput, CoTState, Probe, StopReason, Usage, add_usage
+from ._scheduler import ProgramResult, Scheduler, SchedulerConfig
+from ._state import (
+    CoTInput,
+    CoTOutput,
+    CoTState,
+    MultiPathOutput,
+    PathState,
+    Probe,
+    SCOutput,
+    SCState,
+    StopReason,
+    TreeNode,
+    TreeOutput,
+    TreeState,
+    Usage,
+    add_usage,
+)
 from ._traces import Trace, load_traces, record_traces
-from .certaindex import Decision, answer_entropy, decide, probe_agreement
-from .cot import create_dynasor_cot, solve
+from .certaindex import (
+    Decision,
+    answer_entropy,
+    combine,
+    decide,
+    logprob_confidence,
+    probe_agreement,
+    reward_certaindex,
+    reward_concentration,
+    weighted_majority,
+)
+from .cot import create_dynasor_cot
+from .mcts import create_mcts
+from .rebase import create_rebase
+from .rewards import ClassifierReward, FunctionReward, JudgeReward, Reward, RewardModel
+from .sc import create_sc
 
 __all__ = [
+    "ALGORITHMS",
     "DEFAULT_PROBE_SUFFIX",
     "EFFORT_PRESETS",
     "HESITATION_WORDS",
+    "Algorithm",
+    "ClassifierReward",
     "CoTConfig",
     "CoTInput",
     "CoTOutput",
@@ -47,18 +85,41 @@ __all__ = [
     "Endpoint",
     "EndpointError",
     "EndpointUnreachable",
+    "FunctionReward",
+    "JudgeReward",
     "LocalServerError",
+    "MCTSConfig",
+    "MultiPathOutput",
+    "PathState",
     "Probe",
     "ProbeSettings",
     "Problem",
+    "ProgramResult",
+    "RebaseConfig",
+    "Reward",
+    "RewardModel",
+    "SCConfig",
+    "SCOutput",
+    "SCState",
+    "Scheduler",
+    "SchedulerConfig",
     "ServerRefused",
     "StopReason",
     "Trace",
+    "TreeConfig",
+    "TreeNode",
+    "TreeOutput",
+    "TreeState",
     "Usage",
     "add_usage",
     "answer_entropy",
     "certaindex",
+    "combine",
     "create_dynasor_cot",
+    "create_graph",
+    "create_mcts",
+    "create_rebase",
+    "create_sc",
     "decide",
     "default_endpoint",
     "equivalent",
@@ -66,10 +127,15 @@ __all__ = [
     "is_confident",
     "load_dataset",
     "load_traces",
+    "logprob_confidence",
     "probe_agreement",
     "probe_answer",
     "record_traces",
     "replay_traces",
+    "reward_certaindex",
+    "reward_concentration",
+    "rewards",
     "run_bench",
     "solve",
+    "weighted_majority",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._config import Endpoint
 from ._errors import EndpointUnreachable, ServerRefused
+from ._scheduler import scheduled
 
 # Without this, importing litellm fetches a price map from the internet and stalls offline.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -32,6 +33,8 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    top_logprobs: tuple[dict[str, float], ...] = ()
+    """Per generated token, its most likely alternatives (token → logprob), when asked for."""
 
 
 def continuation(
@@ -54,11 +57,13 @@ async def complete(
     top_p: float,
     seed: int | None = None,
     tools: Sequence[dict[str, Any]] = (),
+    top_logprobs: int = 0,
 ) -> Completion:
     """Continue ``assistant_prefix`` after ``messages`` for at most ``max_tokens`` tokens.
 
     ``tools`` (OpenAI schemas) are sent with ``tool_choice="none"``: an agent's probe renders
     the same prompt as the agent's own call, so it shares its prefix, and never calls a tool.
+    ``top_logprobs > 0`` asks for that many alternatives per token (an LLM judge reads them).
 
     Raises :class:`EndpointUnreachable` for transient failures (graph nodes retry those with
     LangGraph's ``RetryPolicy``) and :class:`ServerRefused` with the server's own message.
@@ -72,8 +77,11 @@ async def complete(
     if seed is not None:
         extra_body["seed"] = seed
     tool_args: dict[str, Any] = {"tools": list(tools), "tool_choice": "none"} if tools else {}
+    if top_logprobs:
+        tool_args.update(logprobs=True, top_logprobs=top_logprobs)
     try:
-        response = await litellm.acompletion(
+        # Under a Scheduler (Scheduler.run), wait for an admission slot first.
+        response = await scheduled(max_tokens, litellm.acompletion(
             model=endpoint.model,
             messages=turn,
             api_base=endpoint.api_base,
@@ -86,7 +94,7 @@ async def complete(
             max_retries=0,
             extra_body=extra_body,
             **tool_args,
-        )
+        ))
     except (
         litellm.exceptions.APIConnectionError,
         litellm.exceptions.Timeout,
@@ -118,7 +126,25 @@ def _parse(response: Any, endpoint: Endpoint) -> Completion:
         finish_reason=str(choice.finish_reason or "stop"),
         prompt_tokens=int(usage.prompt_tokens),
         completion_tokens=int(usage.completion_tokens),
+        top_logprobs=_top_logprobs(choice),
     )
+
+
+def _top_logprobs(choice: Any) -> tuple[dict[str, float], ...]:
+    """``choice.logprobs.content[i].top_logprobs`` as one token → logprob map per token."""
+    logprobs = getattr(choice, "logprobs", None)
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    if content is None and isinstance(logprobs, dict):
+        content = logprobs.get("content")
+    result: list[dict[str, float]] = []
+    for entry in content or []:
+        alternatives = _get(entry, "top_logprobs") or []
+        result.append({str(_get(a, "token")): float(_get(a, "logprob")) for a in alternatives})
+    return tuple(result)
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
 def _server_message(exc: BaseException) -> str:

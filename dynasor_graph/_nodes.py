@@ -17,7 +17,7 @@ from ._answers import final_answer, is_confident, probe_answer
 from ._config import CoTConfig, Endpoint
 from ._endpoint import complete
 from ._errors import EndpointUnreachable
-from ._state import CoTState, Probe, empty_usage
+from ._state import CoTInput, CoTState, Probe, empty_usage
 from .certaindex import Decision, decide, probe_agreement
 
 
@@ -39,7 +39,7 @@ def retry_policy(endpoint: Endpoint) -> RetryPolicy:
     )
 
 
-def chat_messages(state: CoTState, system_prompt: str | None) -> list[dict[str, str]]:
+def chat_messages(state: CoTInput, system_prompt: str | None) -> list[dict[str, str]]:
     """The conversation to reason about, as OpenAI-style dicts; rejects empty input."""
     raw = state.get("messages") or []
     question = (state.get("question") or "").strip()
@@ -64,21 +64,30 @@ def chat_messages(state: CoTState, system_prompt: str | None) -> list[dict[str, 
     return messages
 
 
+def fresh_path() -> CoTState:
+    """A chain of thought that has not started: no reasoning, no probes, zero usage."""
+    return CoTState(
+        reasoning="",
+        probes=[],
+        usage=empty_usage(),
+        certaindex=0.0,
+        decision="continue",
+        stop_reason=None,
+        answer="",
+        response="",
+    )
+
+
+def token_cap(state: CoTState, config: CoTConfig) -> int:
+    """The reasoning tokens this path may reach: ``max_tokens``, or less if a parent says so."""
+    return min(config.max_tokens, state.get("token_cap", config.max_tokens))
+
+
 def prepare_node(config: CoTConfig) -> Node:
     """Validate the input and start a fresh program: chat, empty reasoning, zero usage."""
 
     async def prepare(state: CoTState) -> dict[str, Any]:
-        return {
-            "chat": chat_messages(state, config.system_prompt),
-            "reasoning": "",
-            "probes": [],
-            "usage": empty_usage(),
-            "certaindex": 0.0,
-            "decision": "continue",
-            "stop_reason": None,
-            "answer": "",
-            "response": "",
-        }
+        return {"chat": chat_messages(state, config.system_prompt), **fresh_path()}
 
     return prepare
 
@@ -88,7 +97,7 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
 
     async def reason(state: CoTState) -> dict[str, Any]:
         usage = state["usage"].copy()
-        remaining = config.max_tokens - usage["reasoning_tokens"]
+        remaining = token_cap(state, config) - usage["reasoning_tokens"]
         chunk = await complete(
             endpoint,
             state["chat"],
@@ -96,7 +105,7 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
             max_tokens=min(config.chunk_size, remaining),
             temperature=config.temperature,
             top_p=config.top_p,
-            seed=config.seed,
+            seed=state.get("seed", config.seed),
         )
         usage["reasoning_tokens"] += chunk.completion_tokens
         usage["reasoning_prompt_tokens"] += chunk.prompt_tokens
@@ -120,7 +129,7 @@ def probe_node(endpoint: Endpoint, config: CoTConfig) -> Node:
             max_tokens=config.probe_max_tokens,
             temperature=config.probe_temperature,
             top_p=config.probe_top_p,
-            seed=config.seed,
+            seed=state.get("seed", config.seed),
         )
         usage["probe_prompt_tokens"] += reply.prompt_tokens
         usage["probe_completion_tokens"] += reply.completion_tokens
@@ -134,7 +143,7 @@ def probe_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         certaindex = probe_agreement(probes, config.certainty_threshold)
         decision: Decision = decide(certaindex)
         stop_reason = "certain" if decision == "exit" else None
-        if stop_reason is None and usage["reasoning_tokens"] >= config.max_tokens:
+        if stop_reason is None and usage["reasoning_tokens"] >= token_cap(state, config):
             decision, stop_reason = "exit", "budget"
         get_stream_writer()(
             {

@@ -8,11 +8,15 @@ several calls use :func:`add_usage` as their own reducer.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypedDict, TypeVar, cast
 
 from .certaindex import Decision
 
-StopReason = Literal["certain", "finished", "budget"]
+StopReason = Literal["certain", "finished", "budget", "width", "exhausted"]
+"""Why a program stopped: its Certaindex reached the threshold, the model ended by itself, the
+token budget ran out, every allowed path was spent (``width``), or a tree had nothing left to
+expand (``exhausted``)."""
 
 
 class Probe(TypedDict):
@@ -31,6 +35,8 @@ class Usage(TypedDict):
     reasoning_prompt_tokens: int
     probe_prompt_tokens: int
     probe_completion_tokens: int
+    reward_prompt_tokens: int
+    reward_completion_tokens: int
 
 
 def empty_usage() -> Usage:
@@ -40,18 +46,21 @@ def empty_usage() -> Usage:
         reasoning_prompt_tokens=0,
         probe_prompt_tokens=0,
         probe_completion_tokens=0,
+        reward_prompt_tokens=0,
+        reward_completion_tokens=0,
     )
 
 
 def add_usage(left: Usage | None, right: Usage | None) -> Usage:
     """Reducer for a parent graph's ``usage`` key: sums two usage records field by field."""
-    a, b = left or empty_usage(), right or empty_usage()
-    return Usage(
-        reasoning_tokens=a["reasoning_tokens"] + b["reasoning_tokens"],
-        reasoning_prompt_tokens=a["reasoning_prompt_tokens"] + b["reasoning_prompt_tokens"],
-        probe_prompt_tokens=a["probe_prompt_tokens"] + b["probe_prompt_tokens"],
-        probe_completion_tokens=a["probe_completion_tokens"] + b["probe_completion_tokens"],
-    )
+    a = cast(dict[str, int], left or {})
+    b = cast(dict[str, int], right or {})
+    return cast(Usage, {key: a.get(key, 0) + b.get(key, 0) for key in empty_usage()})
+
+
+def generated_tokens(usage: Usage) -> int:
+    """Tokens the reasoning model generated (reasoning and probes): what budgets count."""
+    return usage["reasoning_tokens"] + usage["probe_completion_tokens"]
 
 
 class CoTInput(TypedDict, total=False):
@@ -78,3 +87,80 @@ class CoTState(CoTInput, CoTOutput, total=False):
 
     chat: list[dict[str, str]]
     reasoning: str
+    token_cap: int
+    """Reasoning tokens this path may reach, below ``max_tokens``: a multi-path parent sets it
+    to share one total budget among its paths."""
+    seed: int | None
+    """This path's sampling seed, overriding the config's (parents give each path its own)."""
+
+
+Item = TypeVar("Item", bound=Mapping[str, Any])
+
+
+def merge_by_id(left: list[Item], right: list[Item]) -> list[Item]:
+    """Reducer for lists of ``{"id": ...}`` records: an update replaces the record with its id
+    and new ids are appended, so parallel ``Send`` branches each hand back their own record."""
+    merged = {item["id"]: item for item in left}
+    merged.update((item["id"], item) for item in right)
+    return [merged[key] for key in sorted(merged)]
+
+
+class PathState(CoTState, total=False):
+    """One chain of thought of a multi-path program (without the shared ``chat``)."""
+
+    id: int
+
+
+class MultiPathOutput(TypedDict, total=False):
+    """What every multi-path algorithm (SC, MCTS, Rebase) hands back."""
+
+    answer: str
+    certaindex: float
+    decision: Decision
+    stop_reason: StopReason | None
+    usage: Usage
+    budget_left: int
+
+
+class SCOutput(MultiPathOutput, total=False):
+    """Self-consistency's output: also every path, finished or cut short."""
+
+    paths: Annotated[list[PathState], merge_by_id]
+
+
+class SCState(CoTInput, SCOutput, total=False):
+    """Self-consistency's state: the shared chat and the paths so far."""
+
+    chat: list[dict[str, str]]
+
+
+class TreeNode(TypedDict):
+    """One step of a tree search: its text (the path is its ancestors' texts), its reward,
+    and the visit statistics MCTS backpropagates."""
+
+    id: int
+    parent: int | None
+    depth: int
+    text: str
+    terminal: bool
+    answer: str
+    reward: float | None
+    visits: int
+    value: float
+    usage: Usage
+    """What producing and scoring this step cost; the search's usage is the sum over nodes."""
+
+
+class TreeOutput(MultiPathOutput, total=False):
+    """A tree search's output: also the whole tree."""
+
+    nodes: Annotated[list[TreeNode], merge_by_id]
+
+
+class TreeState(CoTInput, TreeOutput, total=False):
+    """A tree search's state: the chat, the tree, where to expand next and the beam width."""
+
+    chat: list[dict[str, str]]
+    focus: int
+    frontier: list[int]
+    width: int

@@ -16,7 +16,28 @@ holds: the last ``w`` probes are all non-empty, confident and equivalent.
 
 Answer entropy (self-consistency, paper §3.1). Group ``n`` answers into equivalence classes
 ``C_i`` (an empty answer is a class of its own); ``H = -Σ |C_i|/n · ln(|C_i|/n)`` and
-``certaindex = 1 - H / ln n`` (one non-empty answer: 1.0). See :func:`answer_entropy`.
+``certaindex = 1 - H / ln n`` (one non-empty answer: 1.0). See :func:`answer_entropy`; for
+free-text answers pass ``same=`` :func:`dynasor_graph.embeddings.similar_meaning` (an optional
+extra) instead of the math-verify equivalence.
+
+Reward (tree search, paper §3.1). Rewards ``r_1 .. r_n`` in [0, 1] of the finished paths::
+
+    reward_certaindex(r, "mean") = Σ r_i / n        (MCTS, paper)
+    reward_certaindex(r, "max")  = max r_i          (Rebase, paper)
+
+How concentrated the reward mass is, over the weights ``w_i = softmax(r_i / T)``:
+``reward_concentration = 1 - H(w) / ln n`` (1.0: one branch takes all; 0.0: all alike).
+
+Token confidence (DeepConf-style), where the server returns log-probabilities: the geometric
+mean probability of the tokens in the least confident window of ``window`` tokens,
+``exp(min_windows mean log p)``. See :func:`logprob_confidence`.
+
+Combining (paper App. B.1: certain only when every signal passes its threshold)::
+
+    combine((c_1, θ_1), .., (c_k, θ_k)) = min_j min(1, c_j / θ_j)
+
+which reaches 1.0 exactly when every ``c_j ≥ θ_j``, so every algorithm routes with
+``decide(combined, 1.0)``.
 """
 
 from __future__ import annotations
@@ -75,17 +96,110 @@ def answer_entropy(
     An empty answer is its own class (it agrees with nothing). This is the SC Certaindex of the
     paper (§3.1); it also scores a window of probes for the ``entropy`` rule.
     """
-    classes: list[list[str]] = []
-    for answer in answers:
-        home = next((c for c in classes if answer and same(c[0], answer)), None)
-        if home is None:
-            classes.append([answer])
-        else:
-            home.append(answer)
-    valid = [c for c in classes if c[0]]
-    majority = max(valid, key=len)[0] if valid else ""
+    classes = _classes(answers, same)
+    majority = weighted_majority(answers, same=same)
     n = len(answers)
     if n < 2:
         return (1.0 if majority else 0.0), majority
     entropy = -sum(len(c) / n * math.log(len(c) / n) for c in classes)
     return 1 - entropy / math.log(n), majority
+
+
+def weighted_majority(
+    answers: Sequence[str],
+    weights: Sequence[float] | None = None,
+    same: Callable[[str, str], bool] = equivalent,
+) -> str:
+    """The non-empty answer whose equivalence class has the largest total weight (default 1
+    each; ties go to the class seen first); ``""`` when every answer is empty."""
+    if weights is not None and len(weights) != len(answers):
+        raise ValueError("give one weight per answer")
+    weight = list(weights) if weights is not None else [1.0] * len(answers)
+    best, best_weight = "", -math.inf
+    for members in _classes(answers, same):
+        total = sum(weight[i] for i in members)
+        if answers[members[0]] and total > best_weight:
+            best, best_weight = answers[members[0]], total
+    return best
+
+
+def _classes(answers: Sequence[str], same: Callable[[str, str], bool]) -> list[list[int]]:
+    """Indices of ``answers`` grouped by equivalence; each empty answer is a class alone."""
+    classes: list[list[int]] = []
+    for i, answer in enumerate(answers):
+        home = next((c for c in classes if answer and same(answers[c[0]], answer)), None)
+        if home is None:
+            classes.append([i])
+        else:
+            home.append(i)
+    return classes
+
+
+def _unit(values: Sequence[float], what: str) -> list[float]:
+    listed = [float(v) for v in values]
+    if any(not 0.0 <= v <= 1.0 for v in listed):
+        raise ValueError(f"{what} must lie in [0, 1], got {listed}")
+    return listed
+
+
+def reward_certaindex(rewards: Sequence[float], how: Literal["mean", "max"] = "mean") -> float:
+    """The mean (MCTS) or max (Rebase) of the finished paths' rewards in [0, 1]; 0.0 if none."""
+    listed = _unit(rewards, "rewards")
+    if not listed:
+        return 0.0
+    return max(listed) if how == "max" else sum(listed) / len(listed)
+
+
+def reward_concentration(rewards: Sequence[float], temperature: float = 0.1) -> float:
+    """``1 - H(w) / ln n`` for ``w = softmax(r / temperature)``: 1.0 when one branch takes
+    the whole reward mass, 0.0 when all branches are alike (and for fewer than two)."""
+    weights = softmax_weights(rewards, temperature)
+    if len(weights) < 2:
+        return 0.0
+    entropy = -sum(w * math.log(w) for w in weights if w > 0)
+    return max(0.0, 1 - entropy / math.log(len(weights)))
+
+
+def softmax_weights(rewards: Sequence[float], temperature: float = 0.1) -> list[float]:
+    """``softmax(r_i / temperature)``: how Rebase shares its width among frontier nodes."""
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    listed = _unit(rewards, "rewards")
+    if not listed:
+        return []
+    top = max(listed)
+    exps = [math.exp((r - top) / temperature) for r in listed]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def logprob_confidence(logprobs: Sequence[float], window: int = 2048) -> float:
+    """Geometric-mean token probability of the least confident ``window``-token stretch
+    (DeepConf's lowest group confidence, mapped to [0, 1]); 0.0 for no tokens."""
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    listed = [float(lp) for lp in logprobs]
+    if any(lp > 0 for lp in listed):
+        raise ValueError("log-probabilities must be <= 0")
+    if not listed:
+        return 0.0
+    size = min(window, len(listed))
+    running = sum(listed[:size])
+    lowest = running
+    for i in range(size, len(listed)):
+        running += listed[i] - listed[i - size]
+        lowest = min(lowest, running)
+    return math.exp(lowest / size)
+
+
+def combine(*signals: tuple[float, float]) -> float:
+    """``min_j min(1, c_j / θ_j)`` over ``(certaindex, threshold)`` pairs: 1.0 exactly when
+    every signal reaches its threshold (AND, paper App. B.1)."""
+    if not signals:
+        raise ValueError("combine needs at least one (certaindex, threshold) pair")
+    values = []
+    for value, threshold in signals:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+        values.append(min(1.0, value / threshold))
+    return min(values)

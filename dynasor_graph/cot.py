@@ -18,9 +18,6 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
@@ -69,15 +66,3 @@ def recursion_limit(config: CoTConfig) -> int:
     chunks = -(-config.max_tokens // config.chunk_size)
     return 2 * chunks + 10
 
-
-async def solve(
-    question: str,
-    endpoint: Endpoint,
-    config: CoTConfig | None = None,
-    **invoke_config: Any,
-) -> CoTOutput:
-    """Run Dynasor-CoT on one question and return its output state."""
-    graph = create_dynasor_cot(endpoint, config)
-    run_config = cast(RunnableConfig, invoke_config)
-    result = await graph.ainvoke(CoTInput(question=question), run_config)
-    return cast(CoTOutput, result)

@@ -36,6 +36,9 @@ class Script:
     refuse_message: str | None = None  # answer every request with a 400 carrying this text
     delay_s: float = 0.0
     log: list[dict[str, Any]] = field(default_factory=list)
+    # Per-question scripts, keyed by the last user message: many programs can differ. Their
+    # requests are logged in both their own script and this one.
+    questions: dict[str, Script] = field(default_factory=dict)
     _probe_calls: int = 0
 
     def reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -47,6 +50,12 @@ class Script:
             return 400, {"object": "error", "message": self.refuse_message,
                          "type": "BadRequestError", "code": 400}
         messages = body["messages"]
+        user = [m["content"] for m in messages if m["role"] == "user"]
+        own = self.questions.get(user[-1]) if user and self.questions else None
+        if own is not None:
+            status, payload = own.reply(body)
+            self.log.extend(own.log[-1:] if status == 200 else [])
+            return status, payload
         prefix = messages[-1]["content"] if body.get("continue_final_message") else ""
         prompt_tokens = sum(len(tokens(m["content"])) + 4 for m in messages)
         max_tokens = int(body.get("max_tokens") or 16)
@@ -86,7 +95,7 @@ class ScriptedServer:
     status and JSON payload for one chat-completions request (the agent tests script tool calls).
     """
 
-    def __init__(self, script: Any = None) -> None:
+    def __init__(self, script: Any = None, port: int = 0) -> None:
         self.script = script or Script()
         outer = self
 
@@ -120,7 +129,7 @@ class ScriptedServer:
                 status, payload = outer.script.reply(body)
                 self._send(status, payload)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)  # 0: a free port
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)

@@ -28,6 +28,8 @@ def assert_usage_matches_server(result: dict[str, Any], server: ScriptedServer) 
         "reasoning_prompt_tokens": script.total("reason", "prompt_tokens"),
         "probe_prompt_tokens": script.total("probe", "prompt_tokens"),
         "probe_completion_tokens": script.total("probe", "completion_tokens"),
+        "reward_prompt_tokens": 0,
+        "reward_completion_tokens": 0,
     }
 
 

@@ -1,0 +1,161 @@
+"""Shared pieces of the tree searches (MCTS, Rebase): expand a step, score it, pick the answer.
+
+A tree is a list of :class:`TreeNode` in the state (merged by id, so parallel ``Send``
+expansions each add their own child). A step is one continuation of up to ``step_tokens``
+tokens; a node is terminal when the model ended its turn there or at ``max_depth``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from langgraph.types import Send
+
+from ._answers import final_answer
+from ._config import Endpoint, TreeConfig
+from ._endpoint import complete
+from ._nodes import chat_messages
+from ._state import TreeNode, TreeState, Usage, add_usage, empty_usage
+from .certaindex import answer_entropy, combine, reward_certaindex, weighted_majority
+from .rewards import RewardModel
+
+
+def new_node(node_id: int, parent: TreeNode | None, text: str = "") -> TreeNode:
+    """A node below ``parent`` (the root when ``None``), not yet scored or visited."""
+    return TreeNode(id=node_id, parent=None if parent is None else parent["id"],
+                    depth=0 if parent is None else parent["depth"] + 1, text=text,
+                    terminal=False, answer="", reward=None, visits=0, value=0.0,
+                    usage=empty_usage())
+
+
+def start(state: TreeState, config: TreeConfig) -> dict[str, Any]:
+    """The state of a fresh search: the chat, a root node, zero usage, the whole budget."""
+    return {"chat": chat_messages(state, config.system_prompt), "nodes": [new_node(0, None)],
+            "usage": empty_usage(), "certaindex": 0.0, "decision": "continue",
+            "stop_reason": None, "answer": "", "budget_left": config.max_total_tokens,
+            "focus": 0, "frontier": [0], "width": config.width}
+
+
+def path_text(nodes: list[TreeNode], node_id: int) -> str:
+    """The reasoning from the root to ``node_id``: its ancestors' step texts in order."""
+    by_id = {n["id"]: n for n in nodes}
+    texts: list[str] = []
+    current: int | None = node_id
+    while current is not None:
+        texts.append(by_id[current]["text"])
+        current = by_id[current]["parent"]
+    return "".join(reversed(texts))
+
+
+def children(nodes: list[TreeNode], node_id: int) -> list[TreeNode]:
+    """The children of ``node_id``, oldest first."""
+    return [n for n in nodes if n["parent"] == node_id]
+
+
+def expansions(state: TreeState, plan: list[tuple[int, int]], config: TreeConfig) -> list[Send]:
+    """``Send`` one ``expand`` task per new child in ``plan`` (parent id, children), each with
+    an equal share of the budget left, at most ``step_tokens``; the plan is trimmed so every
+    child gets at least one token, so the total budget is never exceeded."""
+    affordable = state["budget_left"]
+    trimmed: list[tuple[int, int]] = []
+    for parent_id, count in plan:
+        count = max(0, min(count, affordable))
+        affordable -= count
+        trimmed.append((parent_id, count))
+    wanted = sum(count for _, count in trimmed)
+    if wanted == 0:
+        return []
+    share = min(config.step_tokens, state["budget_left"] // wanted)
+    by_id = {n["id"]: n for n in state["nodes"]}
+    next_id = max(by_id) + 1
+    sends: list[Send] = []
+    for parent_id, count in trimmed:
+        prefix = path_text(state["nodes"], parent_id)
+        for _ in range(count):
+            sends.append(Send("expand", {"chat": state["chat"], "parent": by_id[parent_id],
+                                         "prefix": prefix, "id": next_id, "max_tokens": share}))
+            next_id += 1
+    return sends
+
+
+def expand_node(endpoint: Endpoint, config: TreeConfig) -> Any:
+    """Generate one step below a parent (a ``Send`` task) and add it to the tree."""
+
+    async def expand(task: dict[str, Any]) -> dict[str, Any]:
+        parent: TreeNode = task["parent"]
+        step = await complete(
+            endpoint, task["chat"], task["prefix"], max_tokens=task["max_tokens"],
+            temperature=config.temperature, top_p=config.top_p,
+            seed=None if config.seed is None else config.seed + task["id"],
+        )
+        node = new_node(task["id"], parent, step.text)
+        if step.finish_reason != "length" or node["depth"] >= config.max_depth:
+            node["terminal"] = True
+            node["answer"] = final_answer(task["prefix"] + step.text)
+        node["usage"]["reasoning_tokens"] = step.completion_tokens
+        node["usage"]["reasoning_prompt_tokens"] = step.prompt_tokens
+        return {"nodes": [node]}
+
+    return expand
+
+
+def evaluate_node(reward: RewardModel, config: TreeConfig) -> Any:
+    """Score every node added since the last evaluation, concurrently, with the reward model;
+    refresh the usage totals and the budget left."""
+
+    async def evaluate(state: TreeState) -> dict[str, Any]:
+        nodes = state["nodes"]
+        new = [n for n in nodes if n["reward"] is None and n["parent"] is not None]
+        results = await asyncio.gather(
+            *(reward.score(state["chat"], path_text(nodes, n["id"])) for n in new)
+        )
+        scored = []
+        for node, result in zip(new, results, strict=True):
+            usage = node["usage"].copy()
+            usage["reward_prompt_tokens"] += result.prompt_tokens
+            usage["reward_completion_tokens"] += result.completion_tokens
+            scored.append(TreeNode(**{**node, "reward": result.score, "usage": usage}))
+        by_id = {n["id"]: n for n in [*nodes, *scored]}
+        usage = total_usage(list(by_id.values()))
+        return {"nodes": scored, "usage": usage,
+                "budget_left": config.max_total_tokens - usage["reasoning_tokens"]}
+
+    return evaluate
+
+
+def total_usage(nodes: list[TreeNode]) -> Usage:
+    """The search's usage: the sum of its nodes' usage."""
+    total = empty_usage()
+    for node in nodes:
+        total = add_usage(total, node["usage"])
+    return total
+
+
+def tree_certaindex(
+    finished: list[TreeNode], config: TreeConfig, how: Literal["mean", "max"]
+) -> float:
+    """The reward Certaindex of the finished paths, AND their answer entropy if configured."""
+    rewards = [n["reward"] or 0.0 for n in finished]
+    signals = [(reward_certaindex(rewards, how), config.reward_threshold)]
+    if config.entropy_threshold is not None:
+        signals.append((answer_entropy([n["answer"] for n in finished])[0],
+                        config.entropy_threshold))
+    return combine(*signals)
+
+
+def finished_paths(nodes: list[TreeNode]) -> list[TreeNode]:
+    """Terminal nodes that have been scored: the tree's finished solutions."""
+    return [n for n in nodes if n["terminal"] and n["reward"] is not None]
+
+
+async def finish(state: TreeState) -> dict[str, Any]:
+    """Answer by reward-weighted vote over the finished paths (Rebase's weighted majority);
+    with none finished, the best-scored path's last answer."""
+    done = finished_paths(state["nodes"])
+    answer = weighted_majority([n["answer"] for n in done], [n["reward"] or 0.0 for n in done])
+    if not answer:
+        scored = [n for n in state["nodes"] if n["reward"] is not None]
+        best = max(scored, key=lambda n: n["reward"] or 0.0, default=None)
+        answer = final_answer(path_text(state["nodes"], best["id"])) if best else ""
+    return {"answer": answer, "decision": "exit"}
