@@ -79,7 +79,8 @@ def fresh_path() -> CoTState:
 
 
 def token_cap(state: CoTState, config: CoTConfig) -> int:
-    """The reasoning tokens this path may reach: ``max_tokens``, or less if a parent says so."""
+    """How far the next chunk may reason: ``max_tokens``, or less where a multi-path parent
+    shares one budget among its paths (the parent, not the probe, then stops a broke path)."""
     return min(config.max_tokens, state.get("token_cap", config.max_tokens))
 
 
@@ -143,7 +144,7 @@ def probe_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         certaindex = probe_agreement(probes, config.certainty_threshold)
         decision: Decision = decide(certaindex)
         stop_reason = "certain" if decision == "exit" else None
-        if stop_reason is None and usage["reasoning_tokens"] >= token_cap(state, config):
+        if stop_reason is None and usage["reasoning_tokens"] >= config.max_tokens:
             decision, stop_reason = "exit", "budget"
         get_stream_writer()(
             {

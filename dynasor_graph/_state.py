@@ -88,8 +88,8 @@ class CoTState(CoTInput, CoTOutput, total=False):
     chat: list[dict[str, str]]
     reasoning: str
     token_cap: int
-    """Reasoning tokens this path may reach, below ``max_tokens``: a multi-path parent sets it
-    to share one total budget among its paths."""
+    """Reasoning tokens the next chunk may reach, below ``max_tokens``: a multi-path parent
+    sets it each round to share one total budget among its paths."""
     seed: int | None
     """This path's sampling seed, overriding the config's (parents give each path its own)."""
 

@@ -39,6 +39,9 @@ class Script:
     # Per-question scripts, keyed by the last user message: many programs can differ. Their
     # requests are logged in both their own script and this one.
     questions: dict[str, Script] = field(default_factory=dict)
+    # Per-seed scripts, keyed by the request's ``seed``: each path of a multi-path program
+    # (its own seed) follows its own script, whatever order concurrent requests arrive in.
+    seeds: dict[int, Script] = field(default_factory=dict)
     _probe_calls: int = 0
 
     def reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -52,6 +55,7 @@ class Script:
         messages = body["messages"]
         user = [m["content"] for m in messages if m["role"] == "user"]
         own = self.questions.get(user[-1]) if user and self.questions else None
+        own = own or self.seeds.get(body.get("seed", -1))
         if own is not None:
             status, payload = own.reply(body)
             self.log.extend(own.log[-1:] if status == 200 else [])
@@ -123,6 +127,10 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if getattr(outer.script, "delay_s", 0):
                     time.sleep(outer.script.delay_s)
+                if self.path.rstrip("/").endswith("/classify") and hasattr(outer.script,
+                                                                           "classify"):
+                    self._send(*outer.script.classify(body))
+                    return
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"message": f"no route {self.path}"})
                     return

@@ -1,0 +1,55 @@
+"""200 concurrent programs through one scheduler against the scripted server: every program
+ends with an answer or a clear error, and nothing outlives the run (tasks, sockets, fds);
+memory stays bounded. Counts are bounded; there are no timing assertions."""
+
+from __future__ import annotations
+
+import asyncio
+
+from scripted_server import Script, ScriptedServer
+
+from dynasor_graph import CoTConfig, Endpoint, SchedulerConfig
+from dynasor_graph._sched_load import run_load
+
+PROGRAMS = 200
+
+
+def load_script(script: Script) -> list[str]:
+    """200 questions: most settle after 2–4 probes, every 25th is refused, every 40th never
+    settles (stopped by its budget); the first 6 requests fail with a 503 (retried)."""
+    questions = [f"What is {i} + 1?" for i in range(PROGRAMS)]
+    for i, question in enumerate(questions):
+        if i % 25 == 7:
+            script.questions[question] = Script(refuse_message="prompt too long")
+        elif i % 40 == 3:
+            script.questions[question] = Script(probes=["1} hmm"])
+        else:
+            script.questions[question] = Script(probes=["wait"] * (i % 3) + [f"{i + 1}}}"])
+    script.fail_next = [503] * 6
+    return questions
+
+
+async def test_two_hundred_programs_end_cleanly_and_leave_nothing_behind(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    questions = load_script(scripted.script)
+    config = CoTConfig(chunk_size=4, max_tokens=64, certainty_threshold=2)
+    scheduler = SchedulerConfig(max_in_flight=16, program_budget=60)
+    warm = await run_load(scripted_endpoint, questions[:2], scheduler, config)  # lazy imports
+    assert warm.ok, warm
+    first = await run_load(scripted_endpoint, questions, scheduler, config)
+    assert first.ok, first
+    refused, endless = PROGRAMS // 25, PROGRAMS // 40
+    assert first.errors == {"ServerRefused": refused}
+    assert first.answered == PROGRAMS - refused
+    assert first.stop_reasons == {"certain": PROGRAMS - refused - endless, "budget": endless}
+    answered = [e for e in scripted.script.log[-first.programs * 20:]]
+    assert first.tokens <= sum(e["usage"]["completion_tokens"] for e in answered)
+    assert first.tasks_left == 0
+    assert first.sockets[1] <= first.sockets[0] and first.fds[1] <= first.fds[0]
+    assert first.peak_mb < 256
+    # Bounded: a second round of the same load holds no more memory than the first did.
+    second = await run_load(scripted_endpoint, questions, scheduler, config)
+    assert second.ok, second
+    assert second.retained_mb <= max(first.retained_mb, 0) + 2
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
