@@ -1,7 +1,9 @@
 """Bench: live runs of full reasoning, fixed-budget truncation and Dynasor-CoT on an endpoint.
 
 Every (problem, method) pair is one run of the CoT graph with that method's settings (see
-:mod:`dynasor_graph._methods`); runs share the endpoint ``concurrency`` at a time. Tokens are
+:mod:`dynasor_graph._methods`); runs share the endpoint ``concurrency`` at a time. With a
+``scheduler`` each run is a program of one :class:`Scheduler` instead (its ``max_in_flight``
+caps the requests), arriving ``arrival_rate`` per second (default: all at once). Tokens are
 the server's ``usage``; answers are graded with math-verify::
 
     rows, summary = await run_bench(endpoint, load_dataset("generated:arithmetic?n=20"),
@@ -20,17 +22,21 @@ from ._config import Endpoint
 from ._datasets import Problem
 from ._methods import REPLAY_ONLY, Method, parse_methods
 from ._report import ResultRow, progress_bar, run_workers, running_postfix, summarize
+from ._scheduler import Scheduler, SchedulerConfig
 from .cot import create_dynasor_cot
 
 DEFAULT_METHODS = ("full", "low", "mid", "high")
 
 
 async def run_one(endpoint: Endpoint, problem: Problem, method: Method, max_tokens: int,
-                  seed: int | None = None) -> ResultRow:
-    """Solve ``problem`` once with ``method``; the row carries the server's token counts."""
+                  seed: int | None = None, scheduler: Scheduler | None = None) -> ResultRow:
+    """Solve ``problem`` once with ``method`` (as a program of ``scheduler`` if given); the row
+    carries the server's token counts."""
     graph = create_dynasor_cot(endpoint, method.config(max_tokens, seed))
     start = time.perf_counter()
-    result = await graph.ainvoke({"question": problem.question})
+    question = {"question": problem.question}
+    result = (await scheduler.run(graph, question, program_id=f"{problem.id}/{method.name}")
+              ).output if scheduler else await graph.ainvoke(question)
     seconds = time.perf_counter() - start
     usage, answer = result["usage"], result["answer"]
     return ResultRow(
@@ -51,10 +57,21 @@ async def run_bench(
     seed: int | None = None,
     concurrency: int = 1,
     progress: bool = False,
+    scheduler: SchedulerConfig | None = None,
+    arrival_rate: float | None = None,
+    deadline_s: float | None = None,
 ) -> tuple[list[ResultRow], dict[str, dict[str, Any]]]:
-    """Run every method on every problem; return the rows (problem order) and the summary."""
+    """Run every method on every problem; return the rows (problem order) and the summary.
+
+    ``deadline_s`` adds the share of programs answered within it to the summary.
+    """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    if (arrival_rate is not None and arrival_rate <= 0) or (
+            deadline_s is not None and deadline_s <= 0):
+        raise ValueError("arrival_rate and deadline_s must be positive")
+    if arrival_rate is not None and scheduler is None:
+        raise ValueError("arrival_rate needs a scheduler (programs arrive while others run)")
     if not problems:
         raise ValueError("no problems to bench")
     parsed = parse_methods(list(methods))
@@ -63,24 +80,31 @@ async def run_bench(
         raise ValueError(f"{', '.join(live_only)}: only in replay (record traces first)")
     for method in parsed:
         method.config(max_tokens, seed)  # invalid settings fail before any request
-    queue: asyncio.Queue[tuple[int, Problem, Method]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[float, int, Problem, Method]] = asyncio.Queue()
     for index, problem in enumerate(problems):
         for method in parsed:
-            queue.put_nowait((index, problem, method))
+            arrival = queue.qsize() / arrival_rate if arrival_rate else 0.0
+            queue.put_nowait((arrival, index, problem, method))
     done: list[tuple[int, int, ResultRow]] = []
     bar = progress_bar(queue.qsize(), "bench", progress)
     order = {m.name: i for i, m in enumerate(parsed)}
+    shared = Scheduler(scheduler) if scheduler else None
+    loop = asyncio.get_running_loop()
+    start = loop.time()
 
     async def worker() -> None:
         while not queue.empty():
-            index, problem, method = queue.get_nowait()
-            row = await run_one(endpoint, problem, method, max_tokens, seed)
+            arrival, index, problem, method = queue.get_nowait()
+            await asyncio.sleep(max(0.0, start + arrival - loop.time()))
+            row = await run_one(endpoint, problem, method, max_tokens, seed, shared)
+            row.update(arrival_s=round(arrival, 3), finish_s=round(loop.time() - start, 3))
             done.append((index, order[method.name], row))
             if bar is not None:
                 bar.update()
                 bar.set_postfix(running_postfix([(r["correct"], r["reasoning_tokens"])
                                                  for _, _, r in done]))
 
-    await run_workers(worker, min(concurrency, queue.qsize()), bar)
+    # Under a scheduler every program runs at once (it caps the requests); else `concurrency`.
+    await run_workers(worker, queue.qsize() if shared else min(concurrency, queue.qsize()), bar)
     rows = [row for _, _, row in sorted(done, key=lambda item: item[:2])]
-    return rows, summarize(rows, [m.name for m in parsed])
+    return rows, summarize(rows, [m.name for m in parsed], deadline_s=deadline_s)

@@ -14,7 +14,7 @@ import statistics
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -35,6 +35,10 @@ class ResultRow(TypedDict):
     probe_completion_tokens: int
     stop_reason: str
     wall_s: float | None
+    arrival_s: NotRequired[float]
+    """bench: when the program arrived, seconds after the bench started."""
+    finish_s: NotRequired[float]
+    """bench: when it ended; ``finish_s - arrival_s`` is its latency (queueing included)."""
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -43,8 +47,10 @@ def _mean(values: Iterable[float]) -> float:
 
 
 def summarize(rows: Sequence[ResultRow], methods: Sequence[str],
-              baselines: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """Per method: n, accuracy, mean tokens, probe overhead and savings against its baseline.
+              baselines: dict[str, str] | None = None, *,
+              deadline_s: float | None = None) -> dict[str, dict[str, Any]]:
+    """Per method: n, accuracy, mean tokens, probe overhead and savings against its baseline;
+    for bench rows also throughput and latency (:func:`serving`).
 
     ``baselines`` maps a method to the method it saves against (default ``full``); a missing
     baseline makes the savings ``None``.
@@ -65,6 +71,8 @@ def summarize(rows: Sequence[ResultRow], methods: Sequence[str],
             "early_exit_rate": _mean(float(r["stop_reason"] == "certain") for r in mine),
             "mean_wall_s": _mean(walls) if walls else None,
         }
+        if mine and all("finish_s" in r for r in mine):
+            summary[method].update(serving(mine, deadline_s))
     for method, values in summary.items():
         baseline = (baselines or {}).get(method, "full")
         base = summary.get(baseline)
@@ -77,6 +85,31 @@ def summarize(rows: Sequence[ResultRow], methods: Sequence[str],
             values["reasoning_savings_vs_full"] = (
                 1 - values["mean_reasoning_tokens"] / base["mean_reasoning_tokens"])
     return summary
+
+
+def serving(rows: Sequence[ResultRow], deadline_s: float | None = None) -> dict[str, Any]:
+    """Programs finished per minute (from the first arrival to the last finish), p50 and p95
+    latency (arrival to answer), and with a deadline the share within it and those per minute.
+    """
+    latencies = sorted(r["finish_s"] - r["arrival_s"] for r in rows)
+    minutes = (max(r["finish_s"] for r in rows) - min(r["arrival_s"] for r in rows)) / 60
+    values: dict[str, Any] = {
+        "throughput_per_min": len(rows) / minutes if minutes > 0 else None,
+        "p50_latency_s": _percentile(latencies, 50),
+        "p95_latency_s": _percentile(latencies, 95),
+    }
+    if deadline_s is not None:
+        hits = sum(latency <= deadline_s for latency in latencies)
+        values["deadline_s"] = deadline_s
+        values["deadline_hit_rate"] = hits / len(rows)
+        values["goodput_per_min"] = hits / minutes if minutes > 0 else None
+    return values
+
+
+def _percentile(ordered: Sequence[float], q: int) -> float:
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[q - 1]
 
 
 def write_report(out: Path, rows: Sequence[ResultRow], summary: dict[str, dict[str, Any]],

@@ -37,6 +37,8 @@ class LoadReport:
     unexplained: list[str]
     """Programs that ended with neither an answer nor a ``DynasorError``."""
     tasks_left: int
+    """Tasks started during the run and still there after it (LiteLLM's one logging worker
+    per event loop excepted)."""
     sockets: tuple[int, int]
     """Open sockets of this process before and after the run."""
     fds: tuple[int, int]
@@ -104,11 +106,16 @@ async def run_load(endpoint: Endpoint, questions: Sequence[str], scheduler: Sche
     return LoadReport(
         programs=len(questions), answered=len(answered),
         errors=dict(errors), unexplained=unexplained,
-        tasks_left=len(asyncio.all_tasks() - tasks_before),
+        tasks_left=len([t for t in asyncio.all_tasks() - tasks_before if not _litellm_worker(t)]),
         sockets=(sockets_before, sockets_after), fds=(fds_before, fds_after),
         peak_mb=round(peak / 2**20, 1), retained_mb=round((held - held_before) / 2**20, 1),
         tokens=sum(r.tokens for r in results), seconds=round(seconds, 2),
         stop_reasons=dict(Counter(r.stop_reason for r in results)))
+
+
+def _litellm_worker(task: asyncio.Task[Any]) -> bool:
+    """LiteLLM's logging worker: one long-lived task per event loop, started lazily."""
+    return getattr(task.get_coro(), "__qualname__", "").startswith("LoggingWorker.")
 
 
 async def _guarded(run: Coroutine[Any, Any, ProgramResult]) -> ProgramResult | Exception:

@@ -17,24 +17,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from ._algorithms import ALGORITHMS, create_graph
 from ._bench import DEFAULT_METHODS as BENCH_METHODS
-from ._config import EFFORT_PRESETS, CoTConfig, Endpoint
+from ._config import EFFORT_PRESETS, CoTConfig, Endpoint, MCTSConfig, RebaseConfig, SCConfig
 from ._datasets import Problem
 from ._default import LOCAL_PORT, default_endpoint
 from ._errors import DynasorError
 from ._report import ResultRow
-from ._state import CoTOutput
-from .cot import create_dynasor_cot
+from .rewards import ClassifierReward, JudgeReward, RewardModel
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynasor-graph", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    solve = commands.add_parser("solve", help="answer one question with Dynasor-CoT")
+    solve = commands.add_parser(
+        "solve", help="answer one question with Dynasor-CoT, SC, MCTS or Rebase")
     solve.add_argument("question")
+    solve.add_argument("--algorithm", choices=ALGORITHMS, default="cot",
+                       help="cot (default), sc (self-consistency), mcts or rebase")
     solve.add_argument("--model", help="served model name or LiteLLM string ($DYNASOR_MODEL)")
     solve.add_argument("--api-base", help="server URL ending in /v1 ($DYNASOR_API_BASE)")
     solve.add_argument("--api-key", help="API key ($DYNASOR_API_KEY)")
@@ -46,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     solve.add_argument("--temperature", type=float, help="reasoning temperature (default 0.6)")
     solve.add_argument("--seed", type=int, help="sampling seed sent to the server")
     solve.add_argument("--timeout", type=float, help="per-request timeout in seconds")
+    solve.add_argument("--width", type=int, help="sc: first paths; mcts: children per "
+                       "expansion; rebase: first beam width")
+    solve.add_argument("--max-width", type=int, help="most paths / children / beam width")
+    solve.add_argument("--budget", type=int,
+                       help="sc, mcts, rebase: total generated tokens, never exceeded")
+    solve.add_argument("--reward-api-base", help="mcts, rebase: a vLLM classifier reward "
+                       "model at this URL (default: an LLM judge on the same endpoint)")
+    solve.add_argument("--reward-model", help="served name of that reward model")
     solve.add_argument("--json", action="store_true", help="print one JSON object")
 
     serve = commands.add_parser("serve-local", help="run the embedded vLLM (SmolLM2, CPU)")
@@ -89,8 +100,9 @@ def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=600, help="per-request timeout (s)")
 
 
-def _config(args: argparse.Namespace) -> CoTConfig:
-    return CoTConfig.from_effort(
+def _config(args: argparse.Namespace) -> BaseModel:
+    """The algorithm's config from the flags; flags it does not use are an error."""
+    cot = CoTConfig.from_effort(
         args.effort,
         certainty_threshold=args.threshold,
         chunk_size=args.chunk_size,
@@ -98,43 +110,99 @@ def _config(args: argparse.Namespace) -> CoTConfig:
         temperature=args.temperature,
         seed=args.seed,
     )
+    shape = {"width": args.width, "max_width": args.max_width, "max_total_tokens": args.budget}
+    shape = {k: v for k, v in shape.items() if v is not None}
+    if args.algorithm in ("cot", "sc") and (args.reward_api_base or args.reward_model):
+        raise ValueError("--reward-api-base and --reward-model apply to mcts and rebase")
+    if bool(args.reward_api_base) != bool(args.reward_model):
+        raise ValueError("--reward-api-base and --reward-model go together")
+    if args.algorithm == "cot":
+        if shape:
+            raise ValueError("--width, --max-width and --budget apply to sc, mcts and rebase")
+        return cot
+    if args.algorithm not in ("cot", "sc") and (args.threshold or args.max_tokens):
+        raise ValueError("--threshold and --max-tokens apply to cot and sc paths; "
+                         "trees take --budget")
+    if args.algorithm == "sc":
+        return SCConfig.model_validate({"path": cot, **shape})
+    tree = {"step_tokens": args.chunk_size, "temperature": args.temperature, "seed": args.seed}
+    tree.update(shape)
+    config_class = MCTSConfig if args.algorithm == "mcts" else RebaseConfig
+    return config_class.model_validate({k: v for k, v in tree.items() if v is not None})
 
 
-def _as_json(result: CoTOutput) -> dict[str, Any]:
-    return {
+def _reward(args: argparse.Namespace, endpoint: Endpoint) -> RewardModel | None:
+    """The tree searches' reward model (flags checked by :func:`_config`)."""
+    if args.algorithm in ("cot", "sc"):
+        return None
+    if not args.reward_api_base:
+        return JudgeReward(endpoint)
+    return ClassifierReward(Endpoint(model=args.reward_model, api_base=args.reward_api_base,
+                                     timeout_s=endpoint.timeout_s))
+
+
+def _as_json(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "answer": result.get("answer", ""),
         "certaindex": result.get("certaindex", 0.0),
         "decision": result.get("decision"),
         "stop_reason": result.get("stop_reason"),
-        "probes": [{"tokens": p["tokens"], "answer": p["answer"], "confident": p["confident"]}
-                   for p in result.get("probes", [])],
         "usage": result.get("usage"),
-        "response": result.get("response", ""),
     }
+    if "probes" in result:
+        out["probes"] = [{"tokens": p["tokens"], "answer": p["answer"],
+                          "confident": p["confident"]} for p in result["probes"]]
+        out["response"] = result.get("response", "")
+    if "paths" in result:
+        out["paths"] = [{"answer": p.get("answer", ""), "stop_reason": p.get("stop_reason"),
+                         "reasoning_tokens": p["usage"]["reasoning_tokens"]}
+                        for p in result["paths"]]
+    if "nodes" in result:
+        out["nodes"] = len(result["nodes"]) - 1
+        out["finished_paths"] = sum(1 for n in result["nodes"] if n["terminal"])
+    if "budget_left" in result:
+        out["budget_left"] = result["budget_left"]
+    return out
 
 
-async def _solve(args: argparse.Namespace, endpoint: Endpoint, config: CoTConfig) -> CoTOutput:
-    graph = create_dynasor_cot(endpoint, config)
+async def _solve(args: argparse.Namespace, endpoint: Endpoint, config: BaseModel
+                 ) -> dict[str, Any]:
+    graph = create_graph(args.algorithm, endpoint, config, reward=_reward(args, endpoint))
     result: dict[str, Any] = {}
-    async for mode, chunk in graph.astream({"question": args.question},
-                                           stream_mode=["custom", "values"]):
+    async for mode, chunk in graph.astream({"question": args.question}, subgraphs=False,
+                                           stream_mode=["custom", "updates", "values"]):
         chunk = cast(dict[str, Any], chunk)
         if mode == "values":
             result = chunk
-        elif not args.json and chunk.get("event") == "probe":
+        elif args.json:
+            continue
+        elif mode == "custom" and chunk.get("event") == "probe" and args.algorithm == "cot":
             mark = "confident" if chunk["confident"] else "hesitant "
             print(f"probe @ {chunk['tokens']:>5} tokens  {mark}  answer={chunk['answer']!r:<16}"
                   f" certaindex={chunk['certaindex']:.2f} → {chunk['decision']}", flush=True)
-    return cast(CoTOutput, result)
+        elif mode == "updates":
+            for node, update in chunk.items():
+                if node in ("score", "backpropagate", "rescore") and update:
+                    print(f"{node}: certaindex={update['certaindex']:.2f} "
+                          f"→ {update['decision']}", flush=True)
+    return result
 
 
-def _print_result(result: CoTOutput) -> None:
+def _print_result(result: dict[str, Any]) -> None:
     usage = result["usage"]
     print(f"\nanswer: {result['answer']!r}   stop: {result['stop_reason']}   "
           f"certaindex: {result['certaindex']:.2f}")
+    if "paths" in result:
+        print(f"paths: {len(result['paths'])}  answers: "
+              f"{[p.get('answer', '') for p in result['paths']]}")
+    if "nodes" in result:
+        print(f"tree: {len(result['nodes']) - 1} steps, "
+              f"{sum(1 for n in result['nodes'] if n['terminal'])} finished paths")
     print(f"tokens: reasoning {usage['reasoning_tokens']} "
           f"(prompt {usage['reasoning_prompt_tokens']}), "
-          f"probes {usage['probe_completion_tokens']} (prompt {usage['probe_prompt_tokens']})")
+          f"probes {usage['probe_completion_tokens']} (prompt {usage['probe_prompt_tokens']})"
+          + (f", reward model prompt {usage['reward_prompt_tokens']}"
+             if usage["reward_prompt_tokens"] else ""))
 
 
 def _evaluate(args: argparse.Namespace) -> None:

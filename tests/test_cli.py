@@ -60,6 +60,16 @@ def test_solve_reads_the_environment_and_shows_probes(scripted: ScriptedServer) 
         (["solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
           "--threshold", "-1"], "invalid certainty_threshold"),
         (["solve", "q", "--api-base", "ftp://x", "--model", "m"], "invalid api_base"),
+        (["solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m", "--width", "2"],
+         "apply to sc, mcts and rebase"),
+        (["solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
+          "--algorithm", "sc", "--width", "9", "--max-width", "4"],
+         "width must not exceed max_width"),
+        (["solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
+          "--algorithm", "mcts", "--reward-api-base", "http://127.0.0.1:9/v1"],
+         "go together"),
+        (["solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
+          "--algorithm", "rebase", "--max-tokens", "9"], "trees take --budget"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
@@ -85,3 +95,33 @@ def test_server_refusal_is_the_server_message(scripted: ScriptedServer) -> None:
     assert out.returncode == 1
     assert out.stderr.strip() == (f"dynasor-graph: {scripted.api_base} refused the request: "
                                   "maximum context length is 2048 tokens")
+
+
+def test_solve_sc_json_reports_every_path(scripted: ScriptedServer) -> None:
+    from scripted_server import Script
+
+    scripted.script.seeds = {
+        7 + i: Script(reasoning=["so ", f"\\boxed{{{a}}} "]) for i, a in enumerate("5565")}
+    out = cli("solve", "What is 2 + 3?", "--model", "scripted", "--api-base", scripted.api_base,
+              "--algorithm", "sc", "--width", "4", "--max-width", "4", "--budget", "400",
+              "--seed", "7", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert [p["answer"] for p in result["paths"]] == ["5", "5", "6", "5"]
+    # 1 - H/ln 4 for {5, 5, 5, 6} is 0.594 < 0.7, and the width is spent: majority answer
+    assert (result["answer"], result["stop_reason"]) == ("5", "width")
+    assert round(result["certaindex"], 3) == 0.594
+    assert result["budget_left"] == 400 - 8
+    assert result["usage"]["reasoning_tokens"] == 8
+
+
+def test_solve_mcts_prints_its_routing(scripted: ScriptedServer) -> None:
+    from scripted_server import Script
+
+    scripted.script.seeds = {7 + k: Script(reasoning=["so ", "\\boxed{5} "]) for k in (1, 2)}
+    out = cli("solve", "What is 2 + 3?", "--model", "scripted", "--api-base", scripted.api_base,
+              "--algorithm", "mcts", "--seed", "7", "--budget", "100",
+              "--reward-api-base", scripted.api_base, "--reward-model", "prm")
+    # the scripted server has no /classify: the reward model's refusal is one clear line
+    assert out.returncode == 1
+    assert "classify refused the request" in out.stderr

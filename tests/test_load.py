@@ -4,8 +4,6 @@ memory stays bounded. Counts are bounded; there are no timing assertions."""
 
 from __future__ import annotations
 
-import asyncio
-
 from scripted_server import Script, ScriptedServer
 
 from dynasor_graph import CoTConfig, Endpoint, SchedulerConfig
@@ -15,7 +13,7 @@ PROGRAMS = 200
 
 
 def load_script(script: Script) -> list[str]:
-    """200 questions: most settle after 2–4 probes, every 25th is refused, every 40th never
+    """200 questions: most settle after 2 to 4 probes, every 25th is refused, every 40th never
     settles (stopped by its budget); the first 6 requests fail with a 503 (retried)."""
     questions = [f"What is {i} + 1?" for i in range(PROGRAMS)]
     for i, question in enumerate(questions):
@@ -43,13 +41,10 @@ async def test_two_hundred_programs_end_cleanly_and_leave_nothing_behind(
     assert first.errors == {"ServerRefused": refused}
     assert first.answered == PROGRAMS - refused
     assert first.stop_reasons == {"certain": PROGRAMS - refused - endless, "budget": endless}
-    answered = [e for e in scripted.script.log[-first.programs * 20:]]
-    assert first.tokens <= sum(e["usage"]["completion_tokens"] for e in answered)
+    # Every token the programs report is one the server reported (the log holds every request).
+    served = sum(e["usage"]["completion_tokens"] for e in scripted.script.log)
+    assert first.tokens == served - warm.tokens
     assert first.tasks_left == 0
     assert first.sockets[1] <= first.sockets[0] and first.fds[1] <= first.fds[0]
-    assert first.peak_mb < 256
-    # Bounded: a second round of the same load holds no more memory than the first did.
-    second = await run_load(scripted_endpoint, questions, scheduler, config)
-    assert second.ok, second
-    assert second.retained_mb <= max(first.retained_mb, 0) + 2
-    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    # Python allocations at the peak, the in-process scripted server and its log included.
+    assert first.peak_mb < 64

@@ -104,7 +104,7 @@ async def test_widening_stops_once_the_answers_settle(
     scripted.script.seeds = {SEED + i: path_script(a, 3) for i, a in enumerate(answers)}
     result, scores = await run(scripted_endpoint,
                                config(width=4, max_width=8, widen_by=2, threshold=0.5))
-    # 1 - H/ln n: 4 answers {1,2,3,3} → 0.25; 6 answers {1,2,3×4} → 0.516 ≥ 0.5
+    # 1 - H/ln n: 4 answers {1,2,3,3} → 0.25; 6 answers {1,2,3,3,3,3} → 0.516 ≥ 0.5
     assert [s["decision"] for s in scores] == ["widen", "exit"]
     assert [round(s["certaindex"], 3) for s in scores] == [0.25, 0.516]
     assert (result["answer"], result["stop_reason"], len(result["paths"])) == ("3", "certain", 6)

@@ -190,10 +190,11 @@ async def test_an_endless_program_is_bounded_and_does_not_starve_short_ones(
         scheduler = Scheduler(SchedulerConfig(max_in_flight=1, **limits))
         finished: list[str] = []
 
-        async def run(graph: Any, question: str) -> ProgramResult:
+        async def run(graph: Any, question: str, scheduler: Scheduler = scheduler,
+                      finished: list[str] = finished) -> ProgramResult:
             result = await scheduler.run(graph, {"question": question}, program_id=question)
             finished.append(question)
-            return result  # noqa: B023 - scheduler and finished are read before the next loop
+            return result
 
         endless = asyncio.create_task(run(bomb, "endless"))
         await asyncio.sleep(0.1)  # the endless program is already reasoning
