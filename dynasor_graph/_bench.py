@@ -23,6 +23,7 @@ from ._datasets import Problem
 from ._methods import REPLAY_ONLY, Method, parse_methods
 from ._report import ResultRow, progress_bar, run_workers, running_postfix, summarize
 from ._scheduler import Scheduler, SchedulerConfig
+from ._state import CoTInput
 from .cot import create_dynasor_cot
 
 DEFAULT_METHODS = ("full", "low", "mid", "high")
@@ -34,7 +35,7 @@ async def run_one(endpoint: Endpoint, problem: Problem, method: Method, max_toke
     carries the server's token counts."""
     graph = create_dynasor_cot(endpoint, method.config(max_tokens, seed))
     start = time.perf_counter()
-    question = {"question": problem.question}
+    question = CoTInput(question=problem.question)
     result = (await scheduler.run(graph, question, program_id=f"{problem.id}/{method.name}")
               ).output if scheduler else await graph.ainvoke(question)
     seconds = time.perf_counter() - start
@@ -97,7 +98,7 @@ async def run_bench(
             arrival, index, problem, method = queue.get_nowait()
             await asyncio.sleep(max(0.0, start + arrival - loop.time()))
             row = await run_one(endpoint, problem, method, max_tokens, seed, shared)
-            row.update(arrival_s=round(arrival, 3), finish_s=round(loop.time() - start, 3))
+            row["arrival_s"], row["finish_s"] = round(arrival, 3), round(loop.time() - start, 3)
             done.append((index, order[method.name], row))
             if bar is not None:
                 bar.update()

@@ -102,7 +102,7 @@ def answer_entropy(
     if n < 2:
         return (1.0 if majority else 0.0), majority
     entropy = -sum(len(c) / n * math.log(len(c) / n) for c in classes)
-    return 1 - entropy / math.log(n), majority
+    return max(0.0, 1 - entropy / math.log(n)), majority  # no -2e-16 from rounding
 
 
 def weighted_majority(

@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, required=True, help="output directory")
     bench.add_argument("--methods", nargs="+", default=list(BENCH_METHODS),
                        help="full, truncate:N, mild..crazy, cot:T@C (default: full low mid high)")
+    bench.add_argument("--scheduler", choices=["fifo", "certaindex"],
+                       help="run every program through one scheduler: request-level fifo or "
+                       "Certaindex program priority; --concurrency then caps the requests")
+    bench.add_argument("--arrival-rate", type=float,
+                       help="programs arriving per second (default: all at once; implies fifo)")
+    bench.add_argument("--deadline-s", type=float,
+                       help="report the share of programs answered within this many seconds")
     return parser
 
 
@@ -236,6 +243,8 @@ def _evaluate(args: argparse.Namespace) -> None:
             return
         for method in parse_methods(args.methods):
             method.config(args.max_tokens, args.seed)
+        if any(v is not None and v <= 0 for v in (args.arrival_rate, args.deadline_s)):
+            raise ValueError("--arrival-rate and --deadline-s must be positive")
         rows, summary, served = _bench(args, problems)
         title = f"bench: {len(problems)} problems of {args.dataset} ({served})"
     paths = write_report(args.out, rows, summary, title)
@@ -259,12 +268,18 @@ def _record(args: argparse.Namespace, problems: list[Problem], config: CoTConfig
 def _bench(args: argparse.Namespace, problems: list[Problem],
            ) -> tuple[list[ResultRow], dict[str, dict[str, Any]], str]:
     from ._bench import run_bench
+    from ._scheduler import SchedulerConfig
 
+    scheduler = None
+    if args.scheduler or args.arrival_rate:
+        scheduler = SchedulerConfig(policy=args.scheduler or "fifo",
+                                    max_in_flight=args.concurrency)
     with default_endpoint(args.model, args.api_base, args.api_key,
                           timeout_s=args.timeout) as endpoint:
         rows, summary = asyncio.run(run_bench(
             endpoint, problems, args.methods, max_tokens=args.max_tokens, seed=args.seed,
-            concurrency=args.concurrency, progress=True))
+            concurrency=args.concurrency, progress=True, scheduler=scheduler,
+            arrival_rate=args.arrival_rate, deadline_s=args.deadline_s))
     return rows, summary, endpoint.model.split("/", 1)[-1]
 
 

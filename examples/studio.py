@@ -10,8 +10,10 @@ point the graphs at their own vLLM without editing code.
         langgraph dev --no-browser --no-reload --host 127.0.0.1 --port 2024
 
 Graphs: ``dynasor_cot`` (configurable ``effort``, ``max_tokens``, ``chunk_size``,
-``certainty_threshold``), ``agent`` (``create_agent`` with early stop; ``tool_choice`` ``none``
-for servers without a tool-call parser) and ``agent_graph`` (the same loop built by hand).
+``certainty_threshold``), ``dynasor_sc``, ``dynasor_mcts`` and ``dynasor_rebase`` (configurable
+``width``, ``max_width``, ``max_total_tokens``, ``seed``; the tree searches score steps with an
+LLM judge on the same endpoint), ``agent`` (``create_agent`` with early stop; ``tool_choice``
+``none`` for servers without a tool-call parser) and ``agent_graph`` (the same loop by hand).
 """
 
 from __future__ import annotations
@@ -26,7 +28,21 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import SecretStr
 
-from dynasor_graph import CoTConfig, CoTInput, CoTOutput, CoTState, Endpoint, create_dynasor_cot
+from dynasor_graph import (
+    CoTConfig,
+    CoTInput,
+    CoTOutput,
+    CoTState,
+    Endpoint,
+    JudgeReward,
+    MCTSConfig,
+    RebaseConfig,
+    SCConfig,
+    create_dynasor_cot,
+    create_mcts,
+    create_rebase,
+    create_sc,
+)
 from dynasor_graph.agents import EarlyStopSettings
 
 # langgraph dev loads this file by path: make its sibling example importable.
@@ -66,6 +82,35 @@ def dynasor_cot(config: RunnableConfig) -> CompiledStateGraph[CoTState, None, Co
                                          "seed") if options.get(k) is not None}
     settings = CoTConfig.from_effort(options.get("effort") or "mid", **overrides)
     return create_dynasor_cot(endpoint_from(config), settings)
+
+
+def _shape(config: RunnableConfig) -> dict[str, Any]:
+    options = _configurable(config)
+    return {k: options[k] for k in ("width", "max_width", "max_total_tokens", "seed")
+            if options.get(k) is not None}
+
+
+def dynasor_sc(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """Self-consistency over Dynasor-CoT paths (small defaults that suit the CPU model)."""
+    shape = _shape(config)
+    path = CoTConfig(chunk_size=32, certainty_threshold=2, max_tokens=256,
+                     seed=shape.pop("seed", None))
+    return create_sc(endpoint_from(config),
+                     SCConfig.model_validate({"path": path, "width": 3, **shape}))
+
+
+def dynasor_mcts(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """MCTS scored by an LLM judge on the same endpoint."""
+    endpoint = endpoint_from(config)
+    settings = MCTSConfig.model_validate({"step_tokens": 32, "max_depth": 4, **_shape(config)})
+    return create_mcts(endpoint, JudgeReward(endpoint), settings)
+
+
+def dynasor_rebase(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """Rebase scored by an LLM judge on the same endpoint."""
+    endpoint = endpoint_from(config)
+    settings = RebaseConfig.model_validate({"step_tokens": 32, "max_depth": 4, **_shape(config)})
+    return create_rebase(endpoint, JudgeReward(endpoint), settings)
 
 
 def _agent_settings(config: RunnableConfig) -> EarlyStopSettings:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from scripted_server import ScriptedServer
 
-from dynasor_graph import Endpoint, Problem, run_bench
+from dynasor_graph import Endpoint, Problem, SchedulerConfig, run_bench
 
 
 async def test_bench_rows_and_summary_on_the_scripted_server(
@@ -44,6 +44,45 @@ async def test_bench_rows_and_summary_on_the_scripted_server(
     assert summary["cot:1@4"]["mean_probe_prompt_tokens"] == 9 + 4 + 4 + 15
     assert sum(r["probe_prompt_tokens"] for r in rows) == scripted.script.total(
         "probe", "prompt_tokens")
+
+
+@pytest.mark.parametrize("policy", ["fifo", "certaindex"])
+async def test_bench_through_a_scheduler_reports_throughput_latency_and_deadlines(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint, policy: str
+) -> None:
+    scripted.script.probes = ["5}"]
+    scripted.script.delay_s = 0.02
+    problems = [Problem(f"p{i}", "What is 2 + 3?", "5") for i in range(6)]
+    rows, summary = await run_bench(
+        scripted_endpoint, problems, ["cot:1@4"], max_tokens=16,
+        scheduler=SchedulerConfig(policy=policy, max_in_flight=2), arrival_rate=20.0,
+        deadline_s=0.5)
+    assert [r["arrival_s"] for r in rows] == [i / 20 for i in range(6)]
+    assert all(r["finish_s"] > r["arrival_s"] and r["answer"] == "5" for r in rows)
+    assert sum(r["reasoning_tokens"] + r["probe_completion_tokens"] for r in rows) == sum(
+        e["usage"]["completion_tokens"] for e in scripted.script.log)
+    s = summary["cot:1@4"]
+    latencies = sorted(r["finish_s"] - r["arrival_s"] for r in rows)
+    makespan = max(r["finish_s"] for r in rows)
+    assert s["throughput_per_min"] == pytest.approx(6 / makespan * 60)
+    assert s["p50_latency_s"] == pytest.approx((latencies[2] + latencies[3]) / 2)
+    assert s["p95_latency_s"] == pytest.approx(latencies[4] + 0.75 * (latencies[5] - latencies[4]))
+    hits = sum(latency <= 0.5 for latency in latencies)
+    assert s["deadline_hit_rate"] == hits / 6
+    assert s["goodput_per_min"] == pytest.approx(hits / makespan * 60)
+
+
+async def test_bench_without_a_scheduler_has_no_deadline_figures(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    scripted.script.probes = ["5}"]
+    rows, summary = await run_bench(scripted_endpoint, [Problem("p", "q", "5")], ["cot:1@4"],
+                                    max_tokens=8)
+    assert rows[0]["arrival_s"] == 0 and "deadline_hit_rate" not in summary["cot:1@4"]
+    assert summary["cot:1@4"]["p50_latency_s"] == rows[0]["finish_s"]
+    with pytest.raises(ValueError, match="arrival_rate needs a scheduler"):
+        await run_bench(scripted_endpoint, [Problem("p", "q", "5")], ["cot:1@4"],
+                        arrival_rate=1.0)
 
 
 async def test_bench_refuses_replay_only_methods(scripted_endpoint: Endpoint) -> None:
@@ -85,3 +124,42 @@ def test_a_short_bench_on_the_real_vllm_writes_results_summary_and_plot(
         assert image.format == "PNG"
         image.verify()  # a complete, uncorrupted PNG
     assert image.size == (704, 484)  # 6.4 x 4.4 inches at 110 dpi
+
+
+@pytest.mark.vllm
+def test_a_short_scheduled_bench_on_the_real_vllm_reports_serving_figures(
+    local_vllm: Endpoint, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASOR_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "dynasor_graph", "bench",
+         "--dataset", "generated:arithmetic?n=3&seed=0&level=1",
+         "--model", local_vllm.model, "--api-base", local_vllm.api_base,
+         "--methods", "cot:2@16", "--max-tokens", "48", "--seed", "0",
+         "--scheduler", "certaindex", "--concurrency", "2", "--arrival-rate", "2",
+         "--deadline-s", "600", "--out", str(tmp_path / "bench")],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    results = (tmp_path / "bench" / "results.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in results.splitlines()]
+    assert [r["arrival_s"] for r in rows] == [0.0, 0.5, 1.0]
+    for row in rows:
+        assert row["finish_s"] > row["arrival_s"]
+        assert 0 < row["reasoning_tokens"] <= 48
+        assert row["stop_reason"] in {"certain", "finished", "budget"}
+    summary = json.loads((tmp_path / "bench" / "summary.json").read_text())["cot:2@16"]
+    makespan = max(r["finish_s"] for r in rows)
+    assert summary["throughput_per_min"] == pytest.approx(3 / makespan * 60)
+    latencies = sorted(r["finish_s"] - r["arrival_s"] for r in rows)
+    assert summary["p50_latency_s"] == pytest.approx(latencies[1])
+    assert summary["deadline_hit_rate"] == 1.0  # 600 s: every program (a 48-token budget)
+
+
+def test_bench_flags_are_checked_before_a_server_starts(capsys: pytest.CaptureFixture[str],
+                                                        ) -> None:
+    from dynasor_graph.cli import main
+
+    assert main(["bench", "--dataset", "generated:arithmetic?n=1", "--out", "/nonexistent",
+                 "--scheduler", "certaindex", "--arrival-rate", "0"]) == 1
+    assert capsys.readouterr().err == (
+        "dynasor-graph: --arrival-rate and --deadline-s must be positive\n")

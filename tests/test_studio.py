@@ -92,12 +92,19 @@ async def test_langgraph_dev_serves_every_graph_and_runs_dynasor_cot(
         async with get_client(url=url) as client:
             assistants = {a["graph_id"]: a["assistant_id"]
                           for a in await client.assistants.search(limit=50)}
-            assert set(assistants) == {"dynasor_cot", "agent", "agent_graph"}
+            assert set(assistants) == {"dynasor_cot", "dynasor_sc", "dynasor_mcts",
+                                       "dynasor_rebase", "agent", "agent_graph"}
             drawings = {graph: await client.assistants.get_graph(assistant, xray=True)
                         for graph, assistant in assistants.items()}
             assert {("reason", "probe", "continue"), ("reason", "finish", "exit"),
                     ("probe", "reason", "continue"), ("probe", "finish", "exit")} <= edges(
                 drawings["dynasor_cot"])
+            assert {("score", "add_paths", "widen"), ("score", "step", "continue"),
+                    ("score", "finish", "exit")} <= edges(drawings["dynasor_sc"])
+            assert {("backpropagate", "expand", "widen"), ("backpropagate", "select", "continue"),
+                    ("backpropagate", "finish", "exit")} <= edges(drawings["dynasor_mcts"])
+            assert {("rescore", "widen_beam", "widen"), ("rescore", "expand", "continue"),
+                    ("rescore", "finish", "exit")} <= edges(drawings["dynasor_rebase"])
             assert {("early_stop", "tools", "continue"), ("early_stop", "__end__", "exit"),
                     ("tools", "agent", None)} <= edges(drawings["agent_graph"])
             assert {("model", "EarlyStopMiddleware.after_model", None),
