@@ -16,11 +16,11 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dynasor_graph import SchedulerConfig, default_endpoint, load_dataset, run_bench
 
-POLICIES = ("fifo", "certaindex")
+POLICIES: tuple[Literal["fifo", "certaindex"], ...] = ("fifo", "certaindex")
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ def test_similar_meaning_clusters_paraphrases_that_exact_matching_keeps_apart() 
     exact, _ = answer_entropy(ANSWERS)
     assert exact == 0.0  # five different strings: five classes
     by_meaning, majority = answer_entropy(ANSWERS, similar_meaning())
-    entropy = -(0.6 * math.log(0.6) + 0.4 * math.log(0.4))  # {Paris, Paris, Paris}, {Berlin, Berlin}
+    entropy = -(0.6 * math.log(0.6) + 0.4 * math.log(0.4))  # 3 Paris, 2 Berlin
     assert by_meaning == pytest.approx(1 - entropy / math.log(5))
     assert majority == ANSWERS[0]
 

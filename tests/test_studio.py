@@ -99,7 +99,7 @@ async def test_langgraph_dev_serves_every_graph_and_runs_dynasor_cot(
             assert {("reason", "probe", "continue"), ("reason", "finish", "exit"),
                     ("probe", "reason", "continue"), ("probe", "finish", "exit")} <= edges(
                 drawings["dynasor_cot"])
-            assert {("score", "add_paths", "widen"), ("score", "step", "continue"),
+            assert {("score", "add_paths", "widen"), ("score", "step:reason", "continue"),
                     ("score", "finish", "exit")} <= edges(drawings["dynasor_sc"])
             assert {("backpropagate", "expand", "widen"), ("backpropagate", "select", "continue"),
                     ("backpropagate", "finish", "exit")} <= edges(drawings["dynasor_mcts"])
