@@ -8,7 +8,7 @@ several calls use :func:`add_usage` as their own reducer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, TypedDict, TypeVar, cast
 
 from .certaindex import Decision
@@ -56,6 +56,14 @@ def add_usage(left: Usage | None, right: Usage | None) -> Usage:
     a = cast(dict[str, int], left or {})
     b = cast(dict[str, int], right or {})
     return cast(Usage, {key: a.get(key, 0) + b.get(key, 0) for key in empty_usage()})
+
+
+def sum_usage(usages: Iterable[Usage]) -> Usage:
+    """The total of several usage records (the paths or nodes of a multi-path program)."""
+    total = empty_usage()
+    for usage in usages:
+        total = add_usage(total, usage)
+    return total
 
 
 def generated_tokens(usage: Usage) -> int:

@@ -16,7 +16,7 @@ from ._answers import final_answer
 from ._config import Endpoint, TreeConfig
 from ._endpoint import complete
 from ._nodes import chat_messages
-from ._state import TreeNode, TreeState, Usage, add_usage, empty_usage
+from ._state import TreeNode, TreeState, empty_usage, sum_usage
 from .certaindex import answer_entropy, combine, reward_certaindex, weighted_majority
 from .rewards import RewardModel
 
@@ -117,19 +117,11 @@ def evaluate_node(reward: RewardModel, config: TreeConfig) -> Any:
             usage["reward_completion_tokens"] += result.completion_tokens
             scored.append(TreeNode(**{**node, "reward": result.score, "usage": usage}))
         by_id = {n["id"]: n for n in [*nodes, *scored]}
-        usage = total_usage(list(by_id.values()))
+        usage = sum_usage(n["usage"] for n in by_id.values())
         return {"nodes": scored, "usage": usage,
                 "budget_left": config.max_total_tokens - usage["reasoning_tokens"]}
 
     return evaluate
-
-
-def total_usage(nodes: list[TreeNode]) -> Usage:
-    """The search's usage: the sum of its nodes' usage."""
-    total = empty_usage()
-    for node in nodes:
-        total = add_usage(total, node["usage"])
-    return total
 
 
 def tree_certaindex(

@@ -44,9 +44,9 @@ from ._state import (
     PathState,
     SCOutput,
     SCState,
-    add_usage,
     empty_usage,
     generated_tokens,
+    sum_usage,
 )
 from .certaindex import answer_entropy, decide
 
@@ -99,7 +99,7 @@ def create_sc(
             stop_reason = "width" if len(paths) >= config.max_width else "budget"
         return {"paths": paths, "certaindex": certaindex, "answer": majority,
                 "decision": decision, "stop_reason": stop_reason,
-                "usage": _total_usage(paths), "budget_left": budget_left}
+                "usage": sum_usage(p["usage"] for p in paths), "budget_left": budget_left}
 
     async def add_paths(state: SCState) -> dict[str, Any]:
         paths = state["paths"]
@@ -164,13 +164,6 @@ def _finished(path: PathState) -> bool:
 
 def _budget_left(paths: list[PathState], config: SCConfig) -> int:
     return config.max_total_tokens - sum(generated_tokens(p["usage"]) for p in paths)
-
-
-def _total_usage(paths: list[PathState]) -> Any:
-    total = empty_usage()
-    for path in paths:
-        total = add_usage(total, path["usage"])
-    return total
 
 
 def _allocate(paths: list[PathState], config: SCConfig) -> list[PathState]:
