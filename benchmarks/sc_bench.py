@@ -78,6 +78,7 @@ async def run(endpoint: Endpoint, problems: list[Problem], methods: dict[str, SC
                 "id": problem.id, "method": name, "answer": result["answer"],
                 "gold": problem.gold, "correct": equivalent(result["answer"], problem.gold),
                 "samples": len(result["paths"]),
+                "path_answers": [p.get("answer", "") for p in result["paths"]],
                 "tokens": usage["reasoning_tokens"] + usage["probe_completion_tokens"],
                 "certaindex": result["certaindex"], "stop_reason": result["stop_reason"],
                 "wall_s": time.perf_counter() - start,
