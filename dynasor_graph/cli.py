@@ -191,8 +191,19 @@ async def _solve(args: argparse.Namespace, endpoint: Endpoint, config: BaseModel
             for node, update in chunk.items():
                 if node in ("score", "backpropagate", "rescore") and update:
                     print(f"{node}: certaindex={update['certaindex']:.2f} "
-                          f"→ {update['decision']}", flush=True)
+                          f"→ {update['decision']}{_progress(update)}", flush=True)
     return result
+
+
+def _progress(update: dict[str, Any]) -> str:
+    """How far a multi-path program is: finished paths (SC) or finished tree paths."""
+    if "paths" in update:
+        done = sum(1 for p in update["paths"] if p.get("decision") == "exit")
+        return f"   ({done}/{len(update['paths'])} paths finished)"
+    if "nodes" in update:
+        done = sum(1 for n in update["nodes"] if n["terminal"])
+        return f"   ({len(update['nodes']) - 1} steps, {done} finished paths)"
+    return ""
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -218,9 +229,6 @@ def _evaluate(args: argparse.Namespace) -> None:
     from ._methods import parse_methods
     from ._report import table, write_report
 
-    # Grading disables math-verify's SIGALRM timeouts on purpose (see _answers); its one-time
-    # warning about that would only clutter the progress bar.
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
     if args.command == "replay":
         from ._replay import replay_traces
         from ._traces import load_traces
@@ -286,6 +294,9 @@ def _bench(args: argparse.Namespace, problems: list[Problem],
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dynasor-graph`` console script."""
     args = _parser().parse_args(argv)
+    # Equivalence disables math-verify's SIGALRM timeouts on purpose (see _answers); its
+    # one-time warning about that would only clutter the output and the progress bars.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
     try:
         if args.command == "serve-local":
             from ._local import serve_forever
