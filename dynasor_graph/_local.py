@@ -33,6 +33,8 @@ from ._config import Endpoint
 from ._errors import LocalServerError
 
 SERVED_MODEL_NAME = "smollm2-135m-instruct"
+CLASSIFIER_MODEL_NAME = "smollm2-135m-yes-no"
+"""SmolLM2 served as a yes/no classifier (``serve-local --classifier``) for ClassifierReward."""
 """The name the local server serves the model under (``model`` in requests)."""
 
 MODEL_DIR_NAME = "SmolLM2-135M-Instruct"
@@ -52,6 +54,15 @@ _SERVER_ARGS = (
     "--enable-prefix-caching",
     "--max-model-len", "2048",
     "--disable-uvicorn-access-log",
+)
+_CLASSIFIER_ARGS = (
+    # vLLM turns the LM head's "Yes" and "No" logits into one probability (of "Yes") and serves
+    # it on /classify: a real pooling endpoint for ClassifierReward without a second model.
+    "--runner", "pooling",
+    "--convert", "classify",
+    "--hf-overrides", json.dumps({"architectures": ["LlamaForSequenceClassification"],
+                                  "classifier_from_token": ["No", "Yes"],
+                                  "method": "from_2_way_softmax"}),
 )
 _SERVER_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: ~23k tokens of SmolLM2 in float32
@@ -317,8 +328,11 @@ class LocalServer:
         *,
         startup_timeout_s: float = 600,
         log_path: Path | None = None,
+        classifier: bool = False,
     ) -> None:
         self.port = port if port is not None else free_port()
+        self.classifier = classifier
+        self.served_name = CLASSIFIER_MODEL_NAME if classifier else SERVED_MODEL_NAME
         self.startup_timeout_s = startup_timeout_s
         self.log_path = log_path or cache_dir() / "logs" / f"vllm-{self.port}.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -345,7 +359,7 @@ class LocalServer:
 
     def endpoint(self) -> Endpoint:
         """The :class:`Endpoint` of this server's model."""
-        return Endpoint(model=f"hosted_vllm/{SERVED_MODEL_NAME}", api_base=self.api_base)
+        return Endpoint(model=f"hosted_vllm/{self.served_name}", api_base=self.api_base)
 
     def start(self) -> LocalServer:
         """Convert the model if needed, start the server and wait until it answers.
@@ -373,10 +387,11 @@ class LocalServer:
         command = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model),
-            "--served-model-name", SERVED_MODEL_NAME,
+            "--served-model-name", self.served_name,
             "--host", "127.0.0.1",
             "--port", str(self.port),
             *_SERVER_ARGS,
+            *(_CLASSIFIER_ARGS if self.classifier else ()),
         ]
         env = {**_SERVER_ENV, **os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         try:
@@ -469,8 +484,9 @@ def _terminate_group(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def serve_forever(port: int | None = None) -> None:
-    """Run the local server until Ctrl-C or SIGTERM (``dynasor-graph serve-local``).
+def serve_forever(port: int | None = None, *, classifier: bool = False) -> None:
+    """Run the local server until Ctrl-C or SIGTERM (``dynasor-graph serve-local``); with
+    ``classifier`` SmolLM2 as a yes/no classifier on ``/classify``.
 
     Prints exactly one line to stdout, the ``/v1`` API base, once the server answers.
     """
@@ -481,7 +497,7 @@ def serve_forever(port: int | None = None) -> None:
     # Explicit handlers: a shell's background job inherits SIGINT ignored, and Ctrl-C or
     # `kill -INT` must still stop the server cleanly.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server = LocalServer(port)
+    server = LocalServer(port, classifier=classifier)
     try:
         server.start()
         print(server.api_base, flush=True)

@@ -25,6 +25,7 @@ from ._config import EFFORT_PRESETS, CoTConfig, Endpoint, MCTSConfig, RebaseConf
 from ._datasets import Problem
 from ._default import LOCAL_PORT, default_endpoint
 from ._errors import DynasorError
+from ._local import CLASSIFIER_MODEL_NAME
 from ._report import ResultRow
 from .rewards import ClassifierReward, JudgeReward, RewardModel
 
@@ -60,7 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     solve.add_argument("--json", action="store_true", help="print one JSON object")
 
     serve = commands.add_parser("serve-local", help="run the embedded vLLM (SmolLM2, CPU)")
-    serve.add_argument("--port", type=int, default=LOCAL_PORT)
+    serve.add_argument("--port", type=int,
+                       help=f"default {LOCAL_PORT}; {LOCAL_PORT + 1} with --classifier")
+    serve.add_argument("--classifier", action="store_true",
+                       help="serve SmolLM2 as a yes/no classifier on /classify (a reward model "
+                       f"for --reward-api-base, served name {CLASSIFIER_MODEL_NAME})")
 
     record = commands.add_parser(
         "record", help="reason to the budget probing after every chunk; write probe traces")
@@ -301,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve-local":
             from ._local import serve_forever
 
-            serve_forever(args.port)
+            default_port = LOCAL_PORT + 1 if args.classifier else LOCAL_PORT
+            serve_forever(args.port or default_port, classifier=args.classifier)
             return 0
         if args.command in ("record", "replay", "bench"):
             _evaluate(args)
