@@ -8,15 +8,17 @@ tokens; a node is terminal when the model ended its turn there or at ``max_depth
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Literal
 
+from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from ._answers import final_answer
 from ._config import Endpoint, TreeConfig
 from ._endpoint import complete
-from ._nodes import chat_messages
-from ._state import TreeNode, TreeState, empty_usage, sum_usage
+from ._nodes import chat_messages, retry_policy
+from ._state import CoTInput, TreeNode, TreeOutput, TreeState, empty_usage, sum_usage
 from .certaindex import answer_entropy, combine, reward_certaindex, weighted_majority
 from .rewards import RewardModel
 
@@ -151,3 +153,32 @@ async def finish(state: TreeState) -> dict[str, Any]:
         best = max(scored, key=lambda n: n["reward"] or 0.0, default=None)
         answer = final_answer(path_text(state["nodes"], best["id"])) if best else ""
     return {"answer": answer, "decision": "exit"}
+
+
+def search_builder(
+    endpoint: Endpoint,
+    reward: RewardModel,
+    config: TreeConfig,
+    first_expansion: Callable[[TreeState], list[Send]],
+    decide_node: tuple[str, Any],
+) -> StateGraph[TreeState, None, CoTInput, TreeOutput]:
+    """The part every tree search shares: ``prepare ─Send→ expand → evaluate → <decide>`` and
+    ``finish → END``; the algorithm adds its own routing from ``<decide>``."""
+
+    async def prepare(state: TreeState) -> dict[str, Any]:
+        return start(state, config)
+
+    name, node = decide_node
+    retry = retry_policy(endpoint)
+    builder = StateGraph(TreeState, input_schema=CoTInput, output_schema=TreeOutput)
+    builder.add_node("prepare", prepare)
+    builder.add_node("expand", expand_node(endpoint, config), retry_policy=retry)
+    builder.add_node("evaluate", evaluate_node(reward, config), retry_policy=retry)
+    builder.add_node(name, node)
+    builder.add_node("finish", finish)
+    builder.add_edge(START, "prepare")
+    builder.add_conditional_edges("prepare", first_expansion, ["expand"])
+    builder.add_edge("expand", "evaluate")
+    builder.add_edge("evaluate", name)
+    builder.add_edge("finish", END)
+    return builder

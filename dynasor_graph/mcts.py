@@ -24,21 +24,16 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Send
 
 from ._config import Endpoint, MCTSConfig
-from ._nodes import retry_policy
 from ._state import CoTInput, TreeNode, TreeOutput, TreeState
 from ._tree import (
     children,
-    evaluate_node,
-    expand_node,
     expansions,
-    finish,
     finished_paths,
-    start,
+    search_builder,
     tree_certaindex,
 )
 from .certaindex import decide
@@ -55,9 +50,6 @@ def create_mcts(
 ) -> CompiledStateGraph[TreeState, None, CoTInput, TreeOutput]:
     """Build the MCTS graph for ``endpoint``, scoring steps with ``reward``."""
     config = config or MCTSConfig()
-
-    async def prepare(state: TreeState) -> dict[str, Any]:
-        return start(state, config)
 
     def expand_focus(state: TreeState) -> list[Send]:
         room = config.max_width - len(children(state["nodes"], state["focus"]))
@@ -99,24 +91,14 @@ def create_mcts(
     def after_select(state: TreeState) -> Literal["exit"] | list[Send]:
         return "exit" if state["decision"] == "exit" else expand_focus(state)
 
-    retry = retry_policy(endpoint)
-    builder = StateGraph(TreeState, input_schema=CoTInput, output_schema=TreeOutput)
-    builder.add_node("prepare", prepare)
-    builder.add_node("expand", expand_node(endpoint, config), retry_policy=retry)
-    builder.add_node("evaluate", evaluate_node(reward, config), retry_policy=retry)
-    builder.add_node("backpropagate", backpropagate)
+    builder = search_builder(endpoint, reward, config, expand_focus,
+                             ("backpropagate", backpropagate))
     builder.add_node("select", select)
-    builder.add_node("finish", finish)
-    builder.add_edge(START, "prepare")
-    builder.add_conditional_edges("prepare", expand_focus, ["expand"])
-    builder.add_edge("expand", "evaluate")
-    builder.add_edge("evaluate", "backpropagate")
     builder.add_conditional_edges(
         "backpropagate", after_backpropagate,
         {"exit": "finish", "widen": "expand", "continue": "select"},
     )
     builder.add_conditional_edges("select", after_select, {"exit": "finish", "expand": "expand"})
-    builder.add_edge("finish", END)
     graph = builder.compile(checkpointer=checkpointer, name=name)
     expansions_max = config.max_total_tokens  # each expansion spends at least one token
     return graph.with_config(recursion_limit=4 * expansions_max + 10)

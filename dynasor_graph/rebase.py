@@ -24,20 +24,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Send
 
 from ._config import Endpoint, RebaseConfig
-from ._nodes import retry_policy
 from ._state import CoTInput, TreeOutput, TreeState
 from ._tree import (
-    evaluate_node,
-    expand_node,
     expansions,
-    finish,
     finished_paths,
-    start,
+    search_builder,
     tree_certaindex,
 )
 from .certaindex import decide, reward_concentration, softmax_weights
@@ -54,9 +49,6 @@ def create_rebase(
 ) -> CompiledStateGraph[TreeState, None, CoTInput, TreeOutput]:
     """Build the Rebase graph for ``endpoint``, scoring steps with ``reward``."""
     config = config or RebaseConfig()
-
-    async def prepare(state: TreeState) -> dict[str, Any]:
-        return start(state, config)
 
     def expand_frontier(state: TreeState) -> list[Send]:
         nodes = {n["id"]: n for n in state["nodes"]}
@@ -95,23 +87,12 @@ def create_rebase(
         decision = state["decision"]
         return decision if decision in ("exit", "widen") else expand_frontier(state)
 
-    retry = retry_policy(endpoint)
-    builder = StateGraph(TreeState, input_schema=CoTInput, output_schema=TreeOutput)
-    builder.add_node("prepare", prepare)
-    builder.add_node("expand", expand_node(endpoint, config), retry_policy=retry)
-    builder.add_node("evaluate", evaluate_node(reward, config), retry_policy=retry)
-    builder.add_node("rescore", rescore)
+    builder = search_builder(endpoint, reward, config, expand_frontier, ("rescore", rescore))
     builder.add_node("widen_beam", widen_beam)
-    builder.add_node("finish", finish)
-    builder.add_edge(START, "prepare")
-    builder.add_conditional_edges("prepare", expand_frontier, ["expand"])
-    builder.add_edge("expand", "evaluate")
-    builder.add_edge("evaluate", "rescore")
     builder.add_conditional_edges(
         "rescore", after_rescore, {"exit": "finish", "widen": "widen_beam", "continue": "expand"}
     )
     builder.add_conditional_edges("widen_beam", expand_frontier, ["expand"])
-    builder.add_edge("finish", END)
     graph = builder.compile(checkpointer=checkpointer, name=name)
     return graph.with_config(recursion_limit=4 * config.max_depth + 10)
 

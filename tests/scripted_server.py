@@ -91,6 +91,17 @@ class Script:
     def total(self, kind: str, field_name: str) -> int:
         return sum(e["usage"][field_name] for e in self.log if e["kind"] == kind)
 
+    def usage(self) -> dict[str, int]:
+        """The ``Usage`` a run must report for what this server answered (no reward model)."""
+        return {
+            "reasoning_tokens": self.total("reason", "completion_tokens"),
+            "reasoning_prompt_tokens": self.total("reason", "prompt_tokens"),
+            "probe_prompt_tokens": self.total("probe", "prompt_tokens"),
+            "probe_completion_tokens": self.total("probe", "completion_tokens"),
+            "reward_prompt_tokens": 0,
+            "reward_completion_tokens": 0,
+        }
+
 
 class ScriptedServer:
     """Serves a script on 127.0.0.1 at a free port; a context manager.
