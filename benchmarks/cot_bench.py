@@ -27,16 +27,11 @@ from typing import Any
 
 import httpx
 
-from dynasor_graph import (
-    EFFORT_PRESETS,
-    CoTConfig,
-    Endpoint,
-    create_dynasor_cot,
-    default_endpoint,
-    load_dataset,
-    run_bench,
-)
-from dynasor_graph._report import table, write_report
+from dynasor_graph import CoTConfig, Endpoint, create_cot
+from dynasor_graph.cot import EFFORT_PRESETS
+from dynasor_graph.eval import load_dataset, run_bench
+from dynasor_graph.eval._report import table, write_report
+from dynasor_graph.local import default_endpoint
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -46,7 +41,7 @@ async def probe_round_overhead(endpoint: Endpoint, rounds: int, chunk: int) -> d
     config = CoTConfig(chunk_size=chunk, max_tokens=chunk * rounds, certainty_threshold=64,
                        seed=7, system_prompt="Think step by step at length.")
     question = "Explain in detail how to compute 123 * 45 by hand."
-    graph = create_dynasor_cot(endpoint, config)
+    graph = create_cot(endpoint, config)
     start = time.perf_counter()
     result = await graph.ainvoke({"question": question})
     graph_s = time.perf_counter() - start

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dynasor_graph import CoTConfig, Endpoint, SchedulerConfig
-from dynasor_graph._sched_load import LoadReport, run_load
+from dynasor_graph.eval._load import LoadReport, run_load
 
 
 @contextlib.contextmanager

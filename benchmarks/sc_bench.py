@@ -31,17 +31,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dynasor_graph import (
-    CoTConfig,
-    Endpoint,
-    Problem,
-    SCConfig,
-    create_sc,
-    default_endpoint,
-    equivalent,
-    load_dataset,
-)
-from dynasor_graph._report import run_workers
+from dynasor_graph import CoTConfig, Endpoint, SCConfig, create_sc
+from dynasor_graph._answers import equivalent
+from dynasor_graph.eval import Problem, load_dataset
+from dynasor_graph.eval._report import run_workers
+from dynasor_graph.local import default_endpoint
 
 
 def configs(args: argparse.Namespace) -> dict[str, SCConfig]:

@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynasor_graph import SchedulerConfig, default_endpoint, load_dataset, run_bench
+from dynasor_graph import SchedulerConfig
+from dynasor_graph.eval import load_dataset, run_bench
+from dynasor_graph.local import default_endpoint
 
 
 def policies(args: argparse.Namespace) -> dict[str, SchedulerConfig]:

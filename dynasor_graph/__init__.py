@@ -4,76 +4,51 @@ Reasoning models keep thinking after their answer has settled. Dynasor (arXiv 24
 measures how settled it is, the Certaindex in [0, 1], and stops spending compute once it is
 high. Here the reasoning algorithms are LangGraph graphs, the Certaindex is a state field and
 conditional edges route on it: ``exit``, ``continue`` or ``widen``.
+
+The package, by room::
+
+    dynasor_graph/
+      cot.py  sc.py  mcts.py  rebase.py   one algorithm each: config, state, nodes, factory
+      _tree.py                            what MCTS and Rebase share
+      _probe.py  certaindex.py            the probe; the Certaindex measures and route_on
+      _endpoint.py                        the endpoint adapter (LiteLLM → vLLM), errors
+      rewards.py  agents.py  scheduler.py reward models; agent early stop; many programs
+      eval/  local/                       evaluation tooling; the embedded local vLLM
 """
 
 from . import certaindex, rewards
 from ._algorithms import ALGORITHMS, Algorithm, create_graph, solve
-from ._answers import HESITATION_WORDS, equivalent, final_answer, is_confident, probe_answer
-from ._bench import run_bench
-from ._config import (
-    DEFAULT_PROBE_SUFFIX,
-    EFFORT_PRESETS,
-    CoTConfig,
-    Effort,
-    Endpoint,
-    MCTSConfig,
-    ProbeSettings,
-    RebaseConfig,
-    SCConfig,
-    TreeConfig,
-)
-from ._datasets import DataFormatError, Problem, load_dataset
-from ._default import default_endpoint
+from ._endpoint import Endpoint
 from ._errors import (
+    DataFormatError,
     DynasorError,
     EndpointError,
     EndpointUnreachable,
     LocalServerError,
+    ServerBusy,
     ServerRefused,
 )
-from ._replay import replay_traces
-from ._scheduler import ProgramResult, Scheduler, SchedulerConfig
-from ._state import (
-    CoTInput,
+from ._probe import ProbeSettings
+from ._state import CoTInput, Probe, Usage, add_usage
+from ._tree import TreeOutput
+from .certaindex import Decision, StopReason
+from .cot import (
+    CoTConfig,
     CoTOutput,
     CoTState,
-    MultiPathOutput,
-    PathState,
-    Probe,
-    SCOutput,
-    SCState,
-    StopReason,
-    TreeNode,
-    TreeOutput,
-    TreeState,
-    Usage,
-    add_usage,
+    certaindex_condition,
+    create_cot,
+    create_dynasor_cot,
+    probe_node,
 )
-from ._traces import Trace, load_traces, record_traces
-from .certaindex import (
-    Decision,
-    answer_entropy,
-    combine,
-    decide,
-    logprob_confidence,
-    probe_agreement,
-    reward_certaindex,
-    reward_concentration,
-    weighted_majority,
-)
-from .cot import create_dynasor_cot
-from .mcts import create_mcts
-from .rebase import create_rebase
-from .rewards import ClassifierReward, FunctionReward, JudgeReward, Reward, RewardModel
-from .sc import create_sc
+from .mcts import MCTSConfig, create_mcts
+from .rebase import RebaseConfig, create_rebase
+from .sc import SCConfig, SCOutput, create_sc
+from .scheduler import Scheduler, SchedulerConfig
 
 __all__ = [
     "ALGORITHMS",
-    "DEFAULT_PROBE_SUFFIX",
-    "EFFORT_PRESETS",
-    "HESITATION_WORDS",
     "Algorithm",
-    "ClassifierReward",
     "CoTConfig",
     "CoTInput",
     "CoTOutput",
@@ -81,61 +56,33 @@ __all__ = [
     "DataFormatError",
     "Decision",
     "DynasorError",
-    "Effort",
     "Endpoint",
     "EndpointError",
     "EndpointUnreachable",
-    "FunctionReward",
-    "JudgeReward",
     "LocalServerError",
     "MCTSConfig",
-    "MultiPathOutput",
-    "PathState",
     "Probe",
     "ProbeSettings",
-    "Problem",
-    "ProgramResult",
     "RebaseConfig",
-    "Reward",
-    "RewardModel",
     "SCConfig",
     "SCOutput",
-    "SCState",
     "Scheduler",
     "SchedulerConfig",
+    "ServerBusy",
     "ServerRefused",
     "StopReason",
-    "Trace",
-    "TreeConfig",
-    "TreeNode",
     "TreeOutput",
-    "TreeState",
     "Usage",
     "add_usage",
-    "answer_entropy",
     "certaindex",
-    "combine",
+    "certaindex_condition",
+    "create_cot",
     "create_dynasor_cot",
     "create_graph",
     "create_mcts",
     "create_rebase",
     "create_sc",
-    "decide",
-    "default_endpoint",
-    "equivalent",
-    "final_answer",
-    "is_confident",
-    "load_dataset",
-    "load_traces",
-    "logprob_confidence",
-    "probe_agreement",
-    "probe_answer",
-    "record_traces",
-    "replay_traces",
-    "reward_certaindex",
-    "reward_concentration",
+    "probe_node",
     "rewards",
-    "run_bench",
     "solve",
-    "weighted_majority",
 ]

@@ -7,19 +7,21 @@ All four are LangGraph graphs that read a question (or messages) and hand back `
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, cast, get_args, overload
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 from pydantic import BaseModel
 
-from ._config import CoTConfig, Endpoint, MCTSConfig, RebaseConfig, SCConfig
-from .cot import create_dynasor_cot
-from .mcts import create_mcts
-from .rebase import create_rebase
+from ._endpoint import Endpoint
+from ._state import CoTInput
+from ._tree import TreeOutput, TreeState
+from .cot import CoTConfig, CoTOutput, CoTState, create_cot
+from .mcts import MCTSConfig, create_mcts
+from .rebase import RebaseConfig, create_rebase
 from .rewards import JudgeReward, RewardModel
-from .sc import create_sc
+from .sc import SCConfig, SCOutput, SCState, create_sc
 
 Algorithm = Literal["cot", "sc", "mcts", "rebase"]
 ALGORITHMS: tuple[Algorithm, ...] = get_args(Algorithm)
@@ -28,6 +30,31 @@ CONFIGS: dict[Algorithm, type[BaseModel]] = {
 }
 
 
+@overload
+def create_graph(
+    algorithm: Literal["cot"], endpoint: Endpoint, config: CoTConfig | None = None, *,
+    reward: None = None, checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[CoTState, None, CoTInput, CoTOutput]: ...
+@overload
+def create_graph(
+    algorithm: Literal["sc"], endpoint: Endpoint, config: SCConfig | None = None, *,
+    reward: None = None, checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[SCState, None, CoTInput, SCOutput]: ...
+@overload
+def create_graph(
+    algorithm: Literal["mcts"], endpoint: Endpoint, config: MCTSConfig | None = None, *,
+    reward: RewardModel | None = None, checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[TreeState, None, CoTInput, TreeOutput]: ...
+@overload
+def create_graph(
+    algorithm: Literal["rebase"], endpoint: Endpoint, config: RebaseConfig | None = None, *,
+    reward: RewardModel | None = None, checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[TreeState, None, CoTInput, TreeOutput]: ...
+@overload
+def create_graph(
+    algorithm: Algorithm, endpoint: Endpoint, config: BaseModel | None = None, *,
+    reward: RewardModel | None = None, checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[Any, None, CoTInput, Any]: ...
 def create_graph(
     algorithm: Algorithm,
     endpoint: Endpoint,
@@ -35,9 +62,23 @@ def create_graph(
     *,
     reward: RewardModel | None = None,
     checkpointer: Checkpointer = None,
-) -> CompiledStateGraph[Any, Any, Any, Any]:
-    """The graph of ``algorithm`` with ``config`` (its own config class, default settings if
-    ``None``); a wrong config class or a reward for CoT/SC is a ``ValueError``."""
+) -> CompiledStateGraph[Any, None, CoTInput, Any]:
+    """The graph of ``algorithm``.
+
+    Args:
+        algorithm: ``cot``, ``sc``, ``mcts`` or ``rebase``.
+        endpoint: the vLLM server every request goes to.
+        config: that algorithm's own config class (``CoTConfig``, ``SCConfig``, ``MCTSConfig``,
+            ``RebaseConfig``); default settings if ``None``.
+        reward: the tree searches' reward model (default: an LLM judge on ``endpoint``).
+        checkpointer: LangGraph checkpointer for durable runs.
+
+    Returns:
+        The compiled graph; a wrong config class or a reward for CoT/SC is a ``ValueError``.
+
+    Example:
+        >>> graph = create_graph("sc", endpoint, SCConfig(width=4))  # doctest: +SKIP
+    """
     if algorithm not in CONFIGS:
         raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, not {algorithm!r}")
     wanted = CONFIGS[algorithm]
@@ -45,15 +86,13 @@ def create_graph(
         raise ValueError(f"{algorithm} takes a {wanted.__name__}, not {type(config).__name__}")
     if reward is not None and algorithm in ("cot", "sc"):
         raise ValueError(f"{algorithm} takes no reward model")
-    if algorithm == "cot":
-        return create_dynasor_cot(endpoint, cast(CoTConfig | None, config),
-                                  checkpointer=checkpointer)
-    if algorithm == "sc":
-        return create_sc(endpoint, cast(SCConfig | None, config), checkpointer=checkpointer)
+    if isinstance(config, CoTConfig) or (config is None and algorithm == "cot"):
+        return create_cot(endpoint, config, checkpointer=checkpointer)
+    if isinstance(config, SCConfig) or (config is None and algorithm == "sc"):
+        return create_sc(endpoint, config, checkpointer=checkpointer)
     judge = reward or JudgeReward(endpoint)
-    if algorithm == "mcts":
-        return create_mcts(endpoint, judge, cast(MCTSConfig | None, config),
-                           checkpointer=checkpointer)
+    if isinstance(config, MCTSConfig) or (config is None and algorithm == "mcts"):
+        return create_mcts(endpoint, judge, config, checkpointer=checkpointer)
     return create_rebase(endpoint, judge, cast(RebaseConfig | None, config),
                          checkpointer=checkpointer)
 

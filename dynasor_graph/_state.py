@@ -1,4 +1,5 @@
-"""Graph state: what a reasoning program knows, including its Certaindex and decision.
+"""Shared graph state: the input every algorithm reads, token usage, probes, and the
+multi-path output; each algorithm's own state lives in its module.
 
 The state is plain ``TypedDict`` data (JSON-serialisable, checkpointer friendly). Lists and
 usage are replaced whole by each node rather than merged by reducers, so a graph used as a
@@ -9,14 +10,11 @@ several calls use :func:`add_usage` as their own reducer.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal, TypedDict, TypeVar, cast
+from typing import Any, TypedDict, TypeVar, cast
 
-from .certaindex import Decision
+from langchain_core.messages import BaseMessage, convert_to_openai_messages
 
-StopReason = Literal["certain", "finished", "budget", "width", "exhausted"]
-"""Why a program stopped: its Certaindex reached the threshold, the model ended by itself, the
-token budget ran out, every allowed path was spent (``width``), or a tree had nothing left to
-expand (``exhausted``)."""
+from .certaindex import Decision, StopReason
 
 
 class Probe(TypedDict):
@@ -72,34 +70,35 @@ def generated_tokens(usage: Usage) -> int:
 
 
 class CoTInput(TypedDict, total=False):
-    """What Dynasor-CoT reads: a question, or chat messages (dicts or LangChain messages)."""
+    """What every algorithm reads: a question, or chat messages (dicts or LangChain messages)."""
 
     question: str
     messages: list[Any]
 
 
-class CoTOutput(TypedDict, total=False):
-    """What Dynasor-CoT hands back, to the caller or to a parent graph."""
-
-    answer: str
-    response: str
-    certaindex: float
-    decision: Decision
-    stop_reason: StopReason | None
-    probes: list[Probe]
-    usage: Usage
-
-
-class CoTState(CoTInput, CoTOutput, total=False):
-    """The full Dynasor-CoT state: input, output, and the chat and reasoning so far."""
-
-    chat: list[dict[str, str]]
-    reasoning: str
-    token_cap: int
-    """Reasoning tokens the next chunk may reach, below ``max_tokens``: a multi-path parent
-    sets it each round to share one total budget among its paths."""
-    seed: int | None
-    """This path's sampling seed, overriding the config's (parents give each path its own)."""
+def chat_messages(state: CoTInput, system_prompt: str | None) -> list[dict[str, str]]:
+    """The conversation to reason about, as OpenAI-style dicts; rejects empty input."""
+    raw = state.get("messages") or []
+    question = (state.get("question") or "").strip()
+    if not raw and not question:
+        raise ValueError("question must not be empty (give 'question' or 'messages')")
+    messages: list[dict[str, str]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    if raw:
+        converted = convert_to_openai_messages(
+            [m if isinstance(m, BaseMessage | dict) else {"role": "user", "content": str(m)}
+             for m in raw]
+        )
+        for message in converted:
+            content = message.get("content")
+            text = content if isinstance(content, str) else str(content or "")
+            messages.append({"role": str(message.get("role", "user")), "content": text})
+    if question:
+        messages.append({"role": "user", "content": question})
+    if not any(m["content"].strip() for m in messages if m["role"] == "user"):
+        raise ValueError("question must not be empty (no user message has text)")
+    return messages
 
 
 Item = TypeVar("Item", bound=Mapping[str, Any])
@@ -113,12 +112,6 @@ def merge_by_id(left: list[Item], right: list[Item]) -> list[Item]:
     return [merged[key] for key in sorted(merged)]
 
 
-class PathState(CoTState, total=False):
-    """One chain of thought of a multi-path program (without the shared ``chat``)."""
-
-    id: int
-
-
 class MultiPathOutput(TypedDict, total=False):
     """What every multi-path algorithm (SC, MCTS, Rebase) hands back."""
 
@@ -128,47 +121,3 @@ class MultiPathOutput(TypedDict, total=False):
     stop_reason: StopReason | None
     usage: Usage
     budget_left: int
-
-
-class SCOutput(MultiPathOutput, total=False):
-    """Self-consistency's output: also every path, finished or cut short."""
-
-    paths: Annotated[list[PathState], merge_by_id]
-
-
-class SCState(CoTInput, SCOutput, total=False):
-    """Self-consistency's state: the shared chat and the paths so far."""
-
-    chat: list[dict[str, str]]
-
-
-class TreeNode(TypedDict):
-    """One step of a tree search: its text (the path is its ancestors' texts), its reward,
-    and the visit statistics MCTS backpropagates."""
-
-    id: int
-    parent: int | None
-    depth: int
-    text: str
-    terminal: bool
-    answer: str
-    reward: float | None
-    visits: int
-    value: float
-    usage: Usage
-    """What producing and scoring this step cost; the search's usage is the sum over nodes."""
-
-
-class TreeOutput(MultiPathOutput, total=False):
-    """A tree search's output: also the whole tree."""
-
-    nodes: Annotated[list[TreeNode], merge_by_id]
-
-
-class TreeState(CoTInput, TreeOutput, total=False):
-    """A tree search's state: the chat, the tree, where to expand next and the beam width."""
-
-    chat: list[dict[str, str]]
-    focus: int
-    frontier: list[int]
-    width: int

@@ -9,18 +9,92 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._answers import final_answer
-from ._config import Endpoint, TreeConfig
-from ._endpoint import complete
-from ._nodes import chat_messages, retry_policy
-from ._state import CoTInput, TreeNode, TreeOutput, TreeState, empty_usage, sum_usage
+from ._endpoint import Endpoint, complete, retry_policy
+from ._state import (
+    CoTInput,
+    MultiPathOutput,
+    Usage,
+    chat_messages,
+    empty_usage,
+    merge_by_id,
+    sum_usage,
+)
 from .certaindex import answer_entropy, combine, reward_certaindex, weighted_majority
 from .rewards import RewardModel
+
+
+class TreeConfig(BaseModel):
+    """Settings shared by the tree searches (MCTS, Rebase): steps, bounds and exit thresholds.
+
+    A step is up to ``step_tokens`` tokens of the model's own continuation; a path ends when the
+    model ends its turn or at ``max_depth`` steps. The Certaindex combines the reward measure
+    (threshold ``reward_threshold``) and, if ``entropy_threshold`` is set, the answer entropy of
+    the finished paths; it may end the run once ``detect_at`` paths have finished.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step_tokens: int = Field(default=64, ge=1, le=8192)
+    max_depth: int = Field(default=8, ge=1, le=256)
+    width: int = Field(default=2, ge=1, le=256)
+    max_width: int = Field(default=4, ge=1, le=256)
+    max_total_tokens: int = Field(
+        default=8192, ge=1, le=10_000_000,
+        description="Reasoning tokens of all steps together, never exceeded",
+    )
+    reward_threshold: float = Field(default=0.4, gt=0, le=1)
+    entropy_threshold: float | None = Field(default=None, gt=0, le=1)
+    detect_at: int = Field(default=3, ge=1, le=256)
+    widen_below: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=0.8, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    seed: int | None = None
+    system_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _widths(self) -> TreeConfig:
+        if self.width > self.max_width:
+            raise ValueError("width must not exceed max_width")
+        return self
+
+
+class TreeNode(TypedDict):
+    """One step of a tree search: its text (the path is its ancestors' texts), its reward,
+    and the visit statistics MCTS backpropagates."""
+
+    id: int
+    parent: int | None
+    depth: int
+    text: str
+    terminal: bool
+    answer: str
+    reward: float | None
+    visits: int
+    value: float
+    usage: Usage
+    """What producing and scoring this step cost; the search's usage is the sum over nodes."""
+
+
+class TreeOutput(MultiPathOutput, total=False):
+    """A tree search's output: also the whole tree."""
+
+    nodes: Annotated[list[TreeNode], merge_by_id]
+
+
+class TreeState(CoTInput, TreeOutput, total=False):
+    """A tree search's state: the chat, the tree, where to expand next and the beam width."""
+
+    chat: list[dict[str, str]]
+    focus: int
+    frontier: list[int]
+    width: int
 
 
 def new_node(node_id: int, parent: TreeNode | None, text: str = "") -> TreeNode:

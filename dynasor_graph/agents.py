@@ -61,16 +61,14 @@ from langchain_core.messages import (
 )
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from langgraph.config import get_stream_writer
 from langgraph.graph import MessagesState
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import Field
 
-from ._answers import is_confident, probe_answer
-from ._config import Endpoint, ProbeSettings
-from ._endpoint import complete
-from .certaindex import Decision, decide, probe_agreement
+from ._endpoint import Endpoint
+from ._probe import ProbeSettings, ask_probe, emit_probe_event
+from .certaindex import Decision, StopReason, probe_agreement, route_on
 
 __all__ = [
     "DEFAULT_AGENT_PROBE_SUFFIX",
@@ -93,7 +91,7 @@ DEFAULT_AGENT_PROBE_SUFFIX = (
     "I have enough to answer the question now. **Final Answer**\n\n\\[ \\boxed{"
 )
 
-AgentStopReason = Literal["certain", "repeated_tool_call", "finished"]
+AgentStopReason = StopReason
 """``certain``: the Certaindex reached 1.0; ``repeated_tool_call``: the step only repeated tool
 calls already made; ``finished``: the model answered without tools by itself."""
 
@@ -242,8 +240,9 @@ def _openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     return [{k: v for k, v in m.items() if k != "name"} for m in converted]
 
 
-def _probe_prefix(draft: str, suffix: str) -> str:
-    return f"{draft}\n\n{suffix}" if draft.strip() else suffix
+def _probe_prefix(draft: str) -> str:
+    """The step's own text before the probe suffix (none when the step wrote none)."""
+    return f"{draft}\n\n" if draft.strip() else ""
 
 
 async def _advance(
@@ -271,31 +270,21 @@ async def _advance(
         return EarlyStopReport(certaindex=report["certaindex"], decision="exit",
                                stop_reason="finished", answer=ai.text, probes=report["probes"],
                                usage=usage, would_stop=would_stop, saved=saved)
-    reply = await complete(
-        endpoint,
-        _openai_messages(prompt),
-        _probe_prefix(ai.text, settings.probe_suffix),
-        max_tokens=settings.probe_max_tokens,
-        temperature=settings.probe_temperature,
-        top_p=settings.probe_top_p,
-        seed=settings.seed,
-        tools=tools,
-    )
-    usage["probe_prompt_tokens"] += reply.prompt_tokens
-    usage["probe_completion_tokens"] += reply.completion_tokens
-    probe = AgentProbe(step=usage["model_calls"], answer=probe_answer(reply.text),
-                       confident=is_confident(reply.text, settings.hesitation_words),
-                       text=reply.text)
+    reply = await ask_probe(endpoint, _openai_messages(prompt), _probe_prefix(ai.text),
+                            settings, seed=settings.seed, tools=tools)
+    usage["probe_prompt_tokens"] += reply.completion.prompt_tokens
+    usage["probe_completion_tokens"] += reply.completion.completion_tokens
+    probe = AgentProbe(step=usage["model_calls"], answer=reply.answer,
+                       confident=reply.confident, text=reply.text)
     probes = [*report["probes"], probe]
     certaindex = probe_agreement(probes, settings.certainty_threshold)
-    answer = probe["answer"]
-    stop_reason: AgentStopReason | None = "certain" if decide(certaindex) == "exit" else None
-    if stop_reason is None and settings.stop_on_repeated_tool_calls \
-            and _repeats_earlier_calls(ai, run):
-        # Stop only with an answer to give: the latest non-empty confident probe's.
-        answer = next((p["answer"] for p in reversed(probes) if p["answer"] and p["confident"]),
-                      "")
-        stop_reason = "repeated_tool_call" if answer else None
+    # Stop on repeated tool calls only with an answer to give: the latest confident probe's.
+    fallback = next((p["answer"] for p in reversed(probes) if p["answer"] and p["confident"]),
+                    "")
+    repeated = settings.stop_on_repeated_tool_calls and _repeats_earlier_calls(ai, run)
+    _, stop_reason = route_on(certaindex,
+                              stops=[("repeated_tool_call", repeated and bool(fallback))])
+    answer = fallback if stop_reason == "repeated_tool_call" else probe["answer"]
     if usage["model_calls"] < settings.min_steps:
         stop_reason = None
     if stop_reason is not None and settings.dry_run:
@@ -304,9 +293,7 @@ async def _advance(
                                    answer=answer, usage=usage.copy())
         stop_reason = None
     decision: Decision = "exit" if stop_reason else "continue"
-    get_stream_writer()({"event": "probe", "step": probe["step"], "answer": probe["answer"],
-                         "confident": probe["confident"], "certaindex": certaindex,
-                         "decision": decision})
+    emit_probe_event(reply, certaindex, decision, step=probe["step"])
     return EarlyStopReport(certaindex=certaindex, decision=decision, stop_reason=stop_reason,
                            answer=answer, probes=probes, usage=usage, would_stop=would_stop,
                            saved=None)

@@ -49,6 +49,15 @@ from typing import Literal, Protocol
 from ._answers import equivalent
 
 Decision = Literal["continue", "exit", "widen"]
+"""Where a conditional edge goes next: stop and answer, reason on, or branch wider."""
+
+StopReason = Literal["certain", "finished", "budget", "width", "exhausted",
+                     "repeated_tool_call", "timeout", "abstained"]
+"""Why a program stopped, one vocabulary for every algorithm: its Certaindex reached the
+threshold (``certain``); the model ended by itself (``finished``); the token budget ran out
+(``budget``); every allowed path was spent (``width``); a tree had nothing left to expand
+(``exhausted``); an agent step only repeated earlier tool calls (``repeated_tool_call``); or
+a scheduler stopped it (``timeout``, ``abstained``)."""
 
 
 class ProbeLike(Protocol):
@@ -86,6 +95,28 @@ def decide(certaindex: float, threshold: float = 1.0, *, can_widen: bool = False
     if certaindex >= threshold:
         return "exit"
     return "widen" if can_widen else "continue"
+
+
+def route_on(
+    certaindex: float,
+    threshold: float = 1.0,
+    *,
+    can_widen: bool = False,
+    stops: Sequence[tuple[StopReason, bool]] = (),
+) -> tuple[Decision, StopReason | None]:
+    """The routing rule every algorithm shares: the decision and, on exit, why.
+
+    ``exit`` (``certain``) once the Certaindex reaches ``threshold``; else the first of
+    ``stops`` whose condition holds ends the run with its reason (a spent budget, no paths
+    left…); else ``widen`` where the algorithm can branch wider, else ``continue``.
+    """
+    decision = decide(certaindex, threshold, can_widen=can_widen)
+    if decision == "exit":
+        return "exit", "certain"
+    for reason, hit in stops:
+        if hit:
+            return "exit", reason
+    return decision, None
 
 
 def answer_entropy(

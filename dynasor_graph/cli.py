@@ -20,14 +20,18 @@ from typing import Any, cast
 from pydantic import BaseModel, ValidationError
 
 from ._algorithms import ALGORITHMS, create_graph
-from ._bench import DEFAULT_METHODS as BENCH_METHODS
-from ._config import EFFORT_PRESETS, CoTConfig, Endpoint, MCTSConfig, RebaseConfig, SCConfig
-from ._datasets import Problem
-from ._default import LOCAL_PORT, default_endpoint
+from ._endpoint import Endpoint
 from ._errors import DynasorError
-from ._local import CLASSIFIER_MODEL_NAME
-from ._report import ResultRow
+from .cot import EFFORT_PRESETS, CoTConfig
+from .eval._bench import DEFAULT_METHODS as BENCH_METHODS
+from .eval._datasets import Problem
+from .eval._report import ResultRow
+from .local._default import LOCAL_PORT, default_endpoint
+from .local._server import CLASSIFIER_MODEL_NAME
+from .mcts import MCTSConfig
+from .rebase import RebaseConfig
 from .rewards import ClassifierReward, JudgeReward, RewardModel
+from .sc import SCConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,8 +153,10 @@ def _reward(args: argparse.Namespace, endpoint: Endpoint) -> RewardModel | None:
         return None
     if not args.reward_api_base:
         return JudgeReward(endpoint)
+    # The reward server is reached with the same key as the model server (--api-key).
     return ClassifierReward(Endpoint(model=args.reward_model, api_base=args.reward_api_base,
-                                     timeout_s=endpoint.timeout_s))
+                                     api_key=endpoint.api_key, timeout_s=endpoint.timeout_s,
+                                     max_retries=endpoint.max_retries))
 
 
 def _as_json(result: dict[str, Any]) -> dict[str, Any]:
@@ -230,13 +236,13 @@ def _print_result(result: dict[str, Any]) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     """Run ``record``, ``replay`` or ``bench``; print the summary and where the files went."""
-    from ._datasets import load_dataset
-    from ._methods import parse_methods
-    from ._report import table, write_report
+    from .eval._datasets import load_dataset
+    from .eval._methods import parse_methods
+    from .eval._report import table, write_report
 
     if args.command == "replay":
-        from ._replay import replay_traces
-        from ._traces import load_traces
+        from .eval._replay import replay_traces
+        from .eval._traces import load_traces
 
         traces = load_traces(args.traces)
         rows, summary = replay_traces(traces, args.methods)
@@ -266,7 +272,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _record(args: argparse.Namespace, problems: list[Problem], config: CoTConfig) -> None:
-    from ._traces import record_traces
+    from .eval._traces import record_traces
 
     with default_endpoint(args.model, args.api_base, args.api_key,
                           timeout_s=args.timeout) as endpoint:
@@ -280,8 +286,8 @@ def _record(args: argparse.Namespace, problems: list[Problem], config: CoTConfig
 
 def _bench(args: argparse.Namespace, problems: list[Problem],
            ) -> tuple[list[ResultRow], dict[str, dict[str, Any]], str]:
-    from ._bench import run_bench
-    from ._scheduler import SchedulerConfig
+    from .eval._bench import run_bench
+    from .scheduler import SchedulerConfig
 
     scheduler = None
     if args.scheduler or args.arrival_rate:
@@ -304,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     try:
         if args.command == "serve-local":
-            from ._local import serve_forever
+            from .local._server import serve_forever
 
             default_port = LOCAL_PORT + 1 if args.classifier else LOCAL_PORT
             serve_forever(args.port or default_port, classifier=args.classifier)

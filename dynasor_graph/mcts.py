@@ -26,18 +26,30 @@ from typing import Any, Literal
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Send
+from pydantic import Field
 
-from ._config import Endpoint, MCTSConfig
-from ._state import CoTInput, TreeNode, TreeOutput, TreeState
+from ._endpoint import Endpoint
+from ._state import CoTInput
 from ._tree import (
+    TreeConfig,
+    TreeNode,
+    TreeOutput,
+    TreeState,
     children,
     expansions,
     finished_paths,
     search_builder,
     tree_certaindex,
 )
-from .certaindex import decide
+from .certaindex import route_on
 from .rewards import RewardModel
+
+
+class MCTSConfig(TreeConfig):
+    """MCTS: ``width`` children per expansion, at most ``max_width`` per node; UCT selection.
+    Reward Certaindex = mean reward of finished paths (paper: threshold 0.4 on GSM8K)."""
+
+    exploration: float = Field(default=1.0, ge=0, le=10, description="UCT constant c")
 
 
 def create_mcts(
@@ -71,10 +83,8 @@ def create_mcts(
         uncertain = max((n["reward"] or 0.0 for n in at_focus), default=1.0) < config.widen_below
         can_widen = uncertain and len(children(tree, state["focus"])) < config.max_width
         ready = len(finished) >= config.detect_at
-        decision = decide(certaindex if ready else 0.0, 1.0, can_widen=can_widen)
-        stop_reason = "certain" if decision == "exit" else None
-        if decision != "exit" and state["budget_left"] < 1:
-            decision, stop_reason = "exit", "budget"
+        decision, stop_reason = route_on(certaindex if ready else 0.0, can_widen=can_widen,
+                                         stops=[("budget", state["budget_left"] < 1)])
         return {"nodes": tree, "certaindex": certaindex, "decision": decision,
                 "stop_reason": stop_reason}
 

@@ -26,17 +26,32 @@ from typing import Any, Literal
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Send
+from pydantic import Field
 
-from ._config import Endpoint, RebaseConfig
-from ._state import CoTInput, TreeOutput, TreeState
+from ._endpoint import Endpoint
+from ._state import CoTInput
 from ._tree import (
+    TreeConfig,
+    TreeOutput,
+    TreeState,
     expansions,
     finished_paths,
     search_builder,
     tree_certaindex,
 )
-from .certaindex import decide, reward_concentration, softmax_weights
+from .certaindex import reward_concentration, route_on, softmax_weights
 from .rewards import RewardModel
+
+
+class RebaseConfig(TreeConfig):
+    """Rebase: a beam of ``width`` paths (widened up to ``max_width``) shared among frontier
+    nodes by ``softmax(reward / softmax_temperature)``. Reward Certaindex = max reward."""
+
+    width: int = Field(default=4, ge=1, le=256)
+    max_width: int = Field(default=8, ge=1, le=256)
+    reward_threshold: float = Field(default=0.99, gt=0, le=1)
+    softmax_temperature: float = Field(default=0.2, gt=0, le=10)
+    widen_by: int = Field(default=4, ge=1, le=256)
 
 
 def create_rebase(
@@ -69,14 +84,10 @@ def create_rebase(
                                       config.softmax_temperature) < config.widen_below
         can_widen = (spent or spread) and state["width"] < config.max_width
         ready = len(finished) >= config.detect_at
-        decision = decide(certaindex if ready else 0.0, 1.0, can_widen=can_widen)
-        stop_reason = "certain" if decision == "exit" else None
-        if decision != "exit" and not frontier:
-            decision, stop_reason = "exit", "exhausted"
-        elif decision == "continue" and spent:
-            decision, stop_reason = "exit", "width"
-        elif decision != "exit" and state["budget_left"] < 1:
-            decision, stop_reason = "exit", "budget"
+        decision, stop_reason = route_on(
+            certaindex if ready else 0.0, can_widen=can_widen,
+            stops=[("exhausted", not frontier), ("width", spent and not can_widen),
+                   ("budget", state["budget_left"] < 1)])
         return {"frontier": frontier, "certaindex": certaindex, "decision": decision,
                 "stop_reason": stop_reason}
 

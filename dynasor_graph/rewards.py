@@ -23,11 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import httpx
-
-from ._config import Endpoint
-from ._endpoint import Message, complete
-from ._errors import EndpointUnreachable, ServerRefused
+from ._endpoint import Endpoint, Message, complete, post_json
+from ._errors import ServerRefused
 
 JUDGE_PROMPT = (
     "Question:\n{question}\n\nProposed solution (it may be unfinished):\n{solution}\n\n"
@@ -119,29 +116,17 @@ class ClassifierReward:
     def __init__(self, endpoint: Endpoint, positive_index: int = -1,
                  template: str = "{question}\n\n{solution}") -> None:
         self._endpoint, self._index, self._template = endpoint, positive_index, template
-        self._model = endpoint.model.split("/", 1)[1]  # the served name, without "hosted_vllm/"
-        self._url = endpoint.api_base.removesuffix("/v1") + "/classify"
 
     async def score(self, chat: list[Message], solution: str) -> Reward:
         text = self._template.format(question=question_of(chat), solution=solution)
-        body: dict[str, Any] = {"model": self._model, "input": [text]}
-        headers = {"Authorization": f"Bearer {self._endpoint.api_key.get_secret_value()}"}
+        body: dict[str, Any] = {"model": self._endpoint.served_name, "input": [text]}
+        payload = await post_json(self._endpoint, "/classify", body)
         try:
-            async with httpx.AsyncClient(timeout=self._endpoint.timeout_s) as client:
-                response = await client.post(self._url, json=body, headers=headers)
-        except httpx.TransportError as exc:
-            raise EndpointUnreachable(f"cannot reach {self._url}: {exc}",
-                                      api_base=self._endpoint.api_base) from exc
-        if response.status_code >= 500:
-            raise EndpointUnreachable(f"{self._url} failed: {response.text[:300]}",
-                                      api_base=self._endpoint.api_base)
-        try:
-            payload = response.json()
-            probs = payload["data"][0]["probs"] if response.is_success else None
-        except (ValueError, KeyError, IndexError, TypeError):
-            probs = None
-        if probs is None:
-            raise ServerRefused(f"{self._url} refused the request: {response.text[:300]}",
-                                api_base=self._endpoint.api_base)
+            probs = payload["data"][0]["probs"]
+            score = float(probs[self._index])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ServerRefused(
+                f"{self._endpoint.server_root}/classify answered without probabilities: "
+                f"{str(payload)[:300]}", api_base=self._endpoint.api_base) from None
         usage = payload.get("usage") or {}
-        return Reward(float(probs[self._index]), int(usage.get("prompt_tokens", 0)), 0)
+        return Reward(score, int(usage.get("prompt_tokens", 0)), 0)

@@ -22,33 +22,89 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict, cast
+from typing import Annotated, Any, Literal, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Send
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._config import CoTConfig, Endpoint, SCConfig
-from ._nodes import (
+from ._endpoint import Endpoint, retry_policy
+from ._state import (
+    CoTInput,
+    MultiPathOutput,
     chat_messages,
+    empty_usage,
+    generated_tokens,
+    merge_by_id,
+    sum_usage,
+)
+from .certaindex import answer_entropy, route_on
+from .cot import (
+    CoTConfig,
+    CoTState,
+    certaindex_condition,
     finish_node,
     fresh_path,
     probe_node,
     reason_node,
-    retry_policy,
-    route,
 )
-from ._state import (
-    CoTInput,
-    CoTState,
-    PathState,
-    SCOutput,
-    SCState,
-    empty_usage,
-    generated_tokens,
-    sum_usage,
-)
-from .certaindex import answer_entropy, decide
+
+
+class SCConfig(BaseModel):
+    """Self-consistency over Dynasor-CoT paths: how many, when to widen, when to exit.
+
+    The paper's SC detects at 5 samples with threshold 0.7 (MATH, GSM8K); ``width=max_width``
+    with ``detect_at=max_width`` is plain fixed-n majority voting.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: CoTConfig = Field(default_factory=CoTConfig, description="How each path reasons")
+    width: int = Field(default=4, ge=1, le=256, description="Paths launched at the start")
+    max_width: int = Field(default=8, ge=1, le=256, description="Paths never exceeded")
+    widen_by: int = Field(default=2, ge=1, le=256, description="Paths added by one widen")
+    detect_at: int | None = Field(
+        default=None, ge=1, le=256, description="Finished paths needed to exit (default width)"
+    )
+    threshold: float = Field(default=0.7, gt=0, le=1, description="Answer-entropy Certaindex")
+    max_total_tokens: int = Field(
+        default=16384, ge=1, le=10_000_000,
+        description="Generated tokens (reasoning + probes) of all paths together, never exceeded",
+    )
+
+    @model_validator(mode="after")
+    def _widths(self) -> SCConfig:
+        if self.width > self.max_width:
+            raise ValueError("width must not exceed max_width")
+        if self.detect_at is not None and self.detect_at > self.max_width:
+            raise ValueError("detect_at must not exceed max_width")
+        if self.max_total_tokens < self.width * (self.path.probe_max_tokens + 1):
+            raise ValueError("max_total_tokens must pay each first path a token and a probe")
+        return self
+
+    @property
+    def detect(self) -> int:
+        """Finished paths needed before the Certaindex may end the run."""
+        return self.detect_at if self.detect_at is not None else self.width
+
+
+class PathState(CoTState, total=False):
+    """One chain of thought of a multi-path program (without the shared ``chat``)."""
+
+    id: int
+
+
+class SCOutput(MultiPathOutput, total=False):
+    """Self-consistency's output: also every path, finished or cut short."""
+
+    paths: Annotated[list[PathState], merge_by_id]
+
+
+class SCState(CoTInput, SCOutput, total=False):
+    """Self-consistency's state: the shared chat and the paths so far."""
+
+    chat: list[dict[str, str]]
 
 
 class PathTask(TypedDict):
@@ -91,12 +147,11 @@ def create_sc(
         running = any(not _finished(p) for p in paths)
         room = len(paths) < config.max_width and budget_left > config.path.probe_max_tokens
         ready = len(answers) >= config.detect
-        decision = decide(certaindex if ready else 0.0, config.threshold,
-                          can_widen=not running and room)
-        stop_reason = "certain" if decision == "exit" else None
-        if decision == "continue" and not running:
-            decision = "exit"
-            stop_reason = "width" if len(paths) >= config.max_width else "budget"
+        can_widen = not running and room
+        stuck = not running and not can_widen
+        decision, stop_reason = route_on(
+            certaindex if ready else 0.0, config.threshold, can_widen=can_widen,
+            stops=[("width", stuck and len(paths) >= config.max_width), ("budget", stuck)])
         return {"paths": paths, "certaindex": certaindex, "answer": majority,
                 "decision": decision, "stop_reason": stop_reason,
                 "usage": sum_usage(p["usage"] for p in paths), "budget_left": budget_left}
@@ -116,10 +171,11 @@ def create_sc(
         decision = state["decision"]
         return decision if decision in ("exit", "widen") else run_paths(state)
 
-    retry = retry_policy(endpoint)
     builder = StateGraph(SCState, input_schema=CoTInput, output_schema=SCOutput)
     builder.add_node("prepare", prepare)
-    builder.add_node("step", step, retry_policy=retry, input_schema=PathTask)
+    # No RetryPolicy here: the step's own reason and probe nodes retry each request once;
+    # retrying the whole step around them would multiply attempts and lose counted tokens.
+    builder.add_node("step", step, input_schema=PathTask)
     builder.add_node("score", score)
     builder.add_node("add_paths", add_paths)
     builder.add_node("finish", _finish)
@@ -147,8 +203,10 @@ def _step_graph(
     builder.add_node("probe", probe_node(endpoint, config), retry_policy=retry)
     builder.add_node("finish", finish_node())
     builder.add_edge(START, "reason")
-    builder.add_conditional_edges("reason", route, {"continue": "probe", "exit": "finish"})
-    builder.add_conditional_edges("probe", route, {"continue": END, "exit": "finish"})
+    builder.add_conditional_edges("reason", certaindex_condition,
+                                  {"continue": "probe", "exit": "finish"})
+    builder.add_conditional_edges("probe", certaindex_condition,
+                                  {"continue": END, "exit": "finish"})
     builder.add_edge("finish", END)
     return builder.compile(name="path")
 

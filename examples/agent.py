@@ -45,7 +45,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
 from langgraph.types import Checkpointer
 
-from dynasor_graph import Endpoint, default_endpoint
+from dynasor_graph import Endpoint
 from dynasor_graph.agents import (
     AgentLoopState,
     EarlyStopMiddleware,
@@ -53,6 +53,7 @@ from dynasor_graph.agents import (
     early_stop_condition,
     early_stop_node,
 )
+from dynasor_graph.local import default_endpoint
 
 DOCS_DIR = Path(__file__).parent / "docs"
 

@@ -20,14 +20,8 @@ from typing import Annotated, Any, Literal, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from dynasor_graph import (
-    CoTConfig,
-    Endpoint,
-    Usage,
-    add_usage,
-    create_dynasor_cot,
-    default_endpoint,
-)
+from dynasor_graph import CoTConfig, Endpoint, Usage, add_usage, create_cot
+from dynasor_graph.local import default_endpoint
 
 
 class Homework(TypedDict, total=False):
@@ -61,7 +55,7 @@ def build_homework_graph(
     """The parent graph: next_question → reason (Dynasor-CoT) → record, once per question."""
     builder = StateGraph(Homework)
     builder.add_node("next_question", next_question)
-    builder.add_node("reason", create_dynasor_cot(endpoint, config))
+    builder.add_node("reason", create_cot(endpoint, config))
     builder.add_node("record", record)
     builder.add_edge(START, "next_question")
     builder.add_edge("next_question", "reason")

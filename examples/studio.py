@@ -34,16 +34,16 @@ from dynasor_graph import (
     CoTOutput,
     CoTState,
     Endpoint,
-    JudgeReward,
     MCTSConfig,
     RebaseConfig,
     SCConfig,
-    create_dynasor_cot,
+    create_cot,
     create_mcts,
     create_rebase,
     create_sc,
 )
 from dynasor_graph.agents import EarlyStopSettings
+from dynasor_graph.rewards import JudgeReward
 
 # langgraph dev loads this file by path: make its sibling example importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,7 +81,7 @@ def dynasor_cot(config: RunnableConfig) -> CompiledStateGraph[CoTState, None, Co
     overrides = {k: options[k] for k in ("max_tokens", "chunk_size", "certainty_threshold",
                                          "seed") if options.get(k) is not None}
     settings = CoTConfig.from_effort(options.get("effort") or "mid", **overrides)
-    return create_dynasor_cot(endpoint_from(config), settings)
+    return create_cot(endpoint_from(config), settings)
 
 
 def _shape(config: RunnableConfig) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def local_vllm() -> Iterator[Endpoint]:
     a user starts it, ``dynasor-graph serve-local --port P``, which must print its base URL once
     it answers, and is stopped at the end with SIGINT, which must end it cleanly.
     """
-    from dynasor_graph._local import SERVED_MODEL_NAME, free_port
+    from dynasor_graph.local._server import SERVED_MODEL_NAME, free_port
 
     reuse = os.environ.get("DYNASOR_TEST_API_BASE")
     if reuse:

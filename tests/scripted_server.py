@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from dynasor_graph import DEFAULT_PROBE_SUFFIX
+from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
 
 SERVED_NAME = "scripted"
 

@@ -8,15 +8,8 @@ from typing import Any
 import pytest
 from test_vllm import QUESTION, counters
 
-from dynasor_graph import (
-    CoTConfig,
-    Endpoint,
-    JudgeReward,
-    MCTSConfig,
-    RebaseConfig,
-    SCConfig,
-    create_graph,
-)
+from dynasor_graph import CoTConfig, Endpoint, MCTSConfig, RebaseConfig, SCConfig, create_graph
+from dynasor_graph.rewards import JudgeReward
 
 pytestmark = pytest.mark.vllm
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynasor_graph import equivalent, final_answer, is_confident, probe_answer
+from dynasor_graph._answers import equivalent, final_answer, is_confident, probe_answer
 
 
 @pytest.mark.parametrize(

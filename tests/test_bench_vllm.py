@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from scripted_server import ScriptedServer
 
-from dynasor_graph import Endpoint, Problem, SchedulerConfig, run_bench
+from dynasor_graph import Endpoint, SchedulerConfig
+from dynasor_graph.eval import Problem, run_bench
 
 
 async def test_bench_rows_and_summary_on_the_scripted_server(

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from dynasor_graph import (
-    Probe,
+from dynasor_graph import Probe
+from dynasor_graph.certaindex import (
     answer_entropy,
     combine,
     decide,
@@ -15,9 +15,9 @@ from dynasor_graph import (
     probe_agreement,
     reward_certaindex,
     reward_concentration,
+    softmax_weights,
     weighted_majority,
 )
-from dynasor_graph.certaindex import softmax_weights
 
 
 def probes(*answers: str, hesitant: tuple[int, ...] = ()) -> list[Probe]:

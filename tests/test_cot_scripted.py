@@ -11,13 +11,14 @@ from dynasor_graph import (
     CoTConfig,
     Endpoint,
     EndpointUnreachable,
+    ServerBusy,
     ServerRefused,
-    create_dynasor_cot,
+    create_cot,
 )
 
 
 async def run(endpoint: Endpoint, config: CoTConfig, **inputs: Any) -> dict[str, Any]:
-    graph = create_dynasor_cot(endpoint, config)
+    graph = create_cot(endpoint, config)
     return dict(await graph.ainvoke(inputs or {"question": "What is 3 * 4?"}))
 
 
@@ -111,7 +112,7 @@ async def test_probe_events_stream_as_custom_events(
     scripted: ScriptedServer, scripted_endpoint: Endpoint
 ) -> None:
     scripted.script.probes = ["1}", "hmm 2}", "2}", "2}"]
-    graph = create_dynasor_cot(scripted_endpoint, CoTConfig(chunk_size=4, certainty_threshold=2))
+    graph = create_cot(scripted_endpoint, CoTConfig(chunk_size=4, certainty_threshold=2))
     custom, updated = [], []
     async for mode, chunk in graph.astream({"question": "q"}, stream_mode=["updates", "custom"]):
         (custom if mode == "custom" else updated).append(chunk)
@@ -160,7 +161,7 @@ async def test_chat_messages_input_and_system_prompt(
 @pytest.mark.parametrize("inputs", [{"question": ""}, {"question": "   "}, {"messages": []}, {}])
 async def test_empty_question_is_rejected(scripted_endpoint: Endpoint,
                                           inputs: dict[str, Any]) -> None:
-    graph = create_dynasor_cot(scripted_endpoint)
+    graph = create_cot(scripted_endpoint)
     with pytest.raises(ValueError, match="question must not be empty"):
         await graph.ainvoke(inputs)
 
@@ -180,9 +181,10 @@ async def test_persistent_failure_names_the_url(
     scripted: ScriptedServer, scripted_endpoint: Endpoint
 ) -> None:
     scripted.script.fail_next = [500] * 10
-    with pytest.raises(EndpointUnreachable, match=scripted.api_base):
+    with pytest.raises(ServerBusy, match=scripted.api_base) as info:
         await run(scripted_endpoint, CoTConfig())
     assert len(scripted.script.fail_next) == 10 - 3  # 1 attempt + max_retries=2
+    assert info.value.status_code == 500 and "scripted failure 500" in str(info.value)
 
 
 async def test_unreachable_endpoint_fails_fast_with_the_url() -> None:
@@ -221,7 +223,7 @@ async def test_checkpointed_state_shows_certaindex_and_decision(
     from langgraph.checkpoint.memory import InMemorySaver
 
     scripted.script.probes = ["8}"]
-    graph = create_dynasor_cot(scripted_endpoint, CoTConfig(chunk_size=4, certainty_threshold=2),
+    graph = create_cot(scripted_endpoint, CoTConfig(chunk_size=4, certainty_threshold=2),
                                checkpointer=InMemorySaver())
     thread = {"configurable": {"thread_id": "t1"}}
     await graph.ainvoke({"question": "q"}, thread)

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 from syrupy.assertion import SnapshotAssertion
 
-from dynasor_graph import Algorithm, Endpoint, FunctionReward, create_dynasor_cot, create_graph
+from dynasor_graph import Algorithm, Endpoint, create_cot, create_graph
+from dynasor_graph.rewards import FunctionReward
 
 ENDPOINT = Endpoint(model="m", api_base="http://127.0.0.1:9/v1")
 REWARD = FunctionReward(lambda _question, _solution: 1.0)
 
 
 def test_cot_drawing(snapshot: SnapshotAssertion) -> None:
-    graph = create_dynasor_cot(ENDPOINT)
+    graph = create_cot(ENDPOINT)
     drawing = graph.get_graph().draw_mermaid(with_styles=False)
     assert "probe -. &nbsp;exit&nbsp; .-> finish;" in drawing
     assert "probe -. &nbsp;continue&nbsp; .-> reason;" in drawing

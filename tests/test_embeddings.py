@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from dynasor_graph import answer_entropy
+from dynasor_graph.certaindex import answer_entropy
 from dynasor_graph.embeddings import similar_meaning
 
 ANSWERS = ["The capital of France is Paris.", "Paris is the capital of France", "Paris",

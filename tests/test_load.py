@@ -7,7 +7,7 @@ from __future__ import annotations
 from scripted_server import Script, ScriptedServer
 
 from dynasor_graph import CoTConfig, Endpoint, SchedulerConfig
-from dynasor_graph._sched_load import run_load
+from dynasor_graph.eval._load import run_load
 
 PROGRAMS = 200
 

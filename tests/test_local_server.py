@@ -7,7 +7,7 @@ import time
 import pytest
 
 from dynasor_graph import LocalServerError
-from dynasor_graph._local import LocalServer, _take_port_lock, free_port, wait_if_starting
+from dynasor_graph.local._server import LocalServer, _take_port_lock, free_port, wait_if_starting
 
 
 def test_a_second_starter_on_a_port_is_refused_and_waits_instead() -> None:

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from scripted_server import Script, ScriptedServer
 
-from dynasor_graph import CoTConfig, Endpoint, Problem, record_traces
+from dynasor_graph import CoTConfig, Endpoint
 from dynasor_graph.cli import main
+from dynasor_graph.eval import Problem, record_traces
 
 QUESTION = "What is 2 + 3?"  # 5 scripted tokens: every prompt starts with 5 + 4 = 9 tokens
 SUFFIX_TOKENS = 15  # the probe suffix in scripted tokens

@@ -18,7 +18,7 @@ from dynasor_graph import (
     EndpointUnreachable,
     Scheduler,
     SchedulerConfig,
-    create_dynasor_cot,
+    create_cot,
 )
 
 CONFIG = CoTConfig(chunk_size=10, max_tokens=80, certainty_threshold=3)
@@ -46,7 +46,7 @@ def server_usage(script: Script) -> dict[str, int]:
 
 async def test_a_run_killed_mid_way_resumes_from_its_last_chunk(tmp_path: Path) -> None:
     with ScriptedServer(Script(probes=list(PROBES))) as server:
-        reference = await create_dynasor_cot(endpoint(server), CONFIG).ainvoke(
+        reference = await create_cot(endpoint(server), CONFIG).ainvoke(
             {"question": "What is 2 + 3?"})
         reference_log = len(server.script.log)
     assert (reference["stop_reason"], reference["usage"]["reasoning_tokens"]) == ("certain", 60)
@@ -55,7 +55,7 @@ async def test_a_run_killed_mid_way_resumes_from_its_last_chunk(tmp_path: Path) 
     thread = {"configurable": {"thread_id": "homework-1"}}
     async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
         server = ScriptedServer(script).__enter__()
-        port, graph = server.port, create_dynasor_cot(endpoint(server), CONFIG,
+        port, graph = server.port, create_cot(endpoint(server), CONFIG,
                                                        checkpointer=saver)
         probes_seen = 0
         with pytest.raises(EndpointUnreachable) as failure:

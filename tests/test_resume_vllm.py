@@ -18,7 +18,7 @@ import pytest
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from test_vllm import counters
 
-from dynasor_graph import CoTConfig, Endpoint, EndpointUnreachable, create_dynasor_cot
+from dynasor_graph import CoTConfig, Endpoint, EndpointUnreachable, create_cot
 
 pytestmark = pytest.mark.vllm
 
@@ -59,7 +59,7 @@ def spent(before: dict[str, float], after: dict[str, float]) -> tuple[float, flo
 async def test_killing_the_local_vllm_mid_run_and_resuming_counts_every_token_once(
     tmp_path: Path,
 ) -> None:
-    from dynasor_graph._local import SERVED_MODEL_NAME, free_port
+    from dynasor_graph.local._server import SERVED_MODEL_NAME, free_port
 
     port = free_port()
     endpoint = Endpoint(model=f"hosted_vllm/{SERVED_MODEL_NAME}",
@@ -68,7 +68,7 @@ async def test_killing_the_local_vllm_mid_run_and_resuming_counts_every_token_on
     server = await asyncio.to_thread(serve, port)
     try:
         async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
-            graph = create_dynasor_cot(endpoint, CONFIG, checkpointer=saver)
+            graph = create_cot(endpoint, CONFIG, checkpointer=saver)
             start, probes = counters(endpoint), 0
             with pytest.raises(EndpointUnreachable, match=f"cannot reach {endpoint.api_base}"):
                 async for update in graph.astream({"question": QUESTION}, thread,
@@ -96,7 +96,7 @@ async def test_killing_the_local_vllm_mid_run_and_resuming_counts_every_token_on
             usage["reasoning_tokens"] + usage["probe_completion_tokens"],
             usage["reasoning_prompt_tokens"] + usage["probe_prompt_tokens"])
         # Seeded sampling is reproducible per request: an uninterrupted run says the same.
-        reference = await create_dynasor_cot(endpoint, CONFIG).ainvoke({"question": QUESTION})
+        reference = await create_cot(endpoint, CONFIG).ainvoke({"question": QUESTION})
         assert reference["response"] == result["response"]
         assert reference["usage"] == result["usage"]
     finally:

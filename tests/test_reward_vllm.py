@@ -9,15 +9,15 @@ from collections.abc import Iterator
 import pytest
 from test_vllm import QUESTION, counters
 
-from dynasor_graph import ClassifierReward, Endpoint, MCTSConfig, create_mcts
-from dynasor_graph.rewards import JUDGE_PROMPT
+from dynasor_graph import Endpoint, MCTSConfig, create_mcts
+from dynasor_graph.rewards import JUDGE_PROMPT, ClassifierReward
 
 pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
 def classifier() -> Iterator[Endpoint]:
-    from dynasor_graph._local import LocalServer
+    from dynasor_graph.local._server import LocalServer
 
     with LocalServer(classifier=True) as server:
         yield server.endpoint()

@@ -19,12 +19,12 @@ from scripted_server import Script, ScriptedServer
 from dynasor_graph import (
     CoTConfig,
     Endpoint,
-    ProgramResult,
     Scheduler,
     SchedulerConfig,
     ServerRefused,
-    create_dynasor_cot,
+    create_cot,
 )
+from dynasor_graph.scheduler import ProgramResult
 
 SETTLES, HESITANT, SHORT = "5}", "5} wait", "7}"
 
@@ -38,7 +38,7 @@ def scripts(server: ScriptedServer, **probes: str) -> dict[str, Script]:
 
 async def run_all(scheduler: Scheduler, endpoint: Endpoint, config: CoTConfig,
                   questions: list[str]) -> dict[str, ProgramResult]:
-    graph = create_dynasor_cot(endpoint, config)
+    graph = create_cot(endpoint, config)
     results = await asyncio.gather(*(scheduler.run(graph, {"question": q}, program_id=q)
                                      for q in questions))
     return {r.program_id: r for r in results}
@@ -182,8 +182,8 @@ async def test_an_endless_program_is_bounded_and_does_not_starve_short_ones(
     """A program that never settles nor ends (a "reasoning bomb") next to short ones."""
     scripted.script.delay_s = 0.01
     scripts(scripted, endless="5} hmm", **{f"s{i}": SHORT for i in range(5)})
-    bomb = create_dynasor_cot(scripted_endpoint, CoTConfig(chunk_size=8, max_tokens=1_000_000))
-    short = create_dynasor_cot(scripted_endpoint, CoTConfig(chunk_size=8, max_tokens=64,
+    bomb = create_cot(scripted_endpoint, CoTConfig(chunk_size=8, max_tokens=1_000_000))
+    short = create_cot(scripted_endpoint, CoTConfig(chunk_size=8, max_tokens=64,
                                                             certainty_threshold=2))
     # No lending here: with it, the bomb would also get what the short programs left unused.
     for limits in ({"program_budget": 400, "reallocate": False}, {"timeout_s": 2.0}):
@@ -216,7 +216,7 @@ async def test_endpoint_errors_propagate_and_leave_the_scheduler_clean(
 ) -> None:
     scripted.script.refuse_message = "This model's maximum context length is 8192 tokens"
     scheduler = Scheduler(SchedulerConfig(max_in_flight=1))
-    graph = create_dynasor_cot(scripted_endpoint, CoTConfig(chunk_size=8, max_tokens=32))
+    graph = create_cot(scripted_endpoint, CoTConfig(chunk_size=8, max_tokens=32))
     results = await asyncio.gather(*(scheduler.run(graph, {"question": f"q{i}"})
                                      for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, ServerRefused) and "maximum context length" in str(r)

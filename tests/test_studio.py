@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from dynasor_graph import Endpoint
-from dynasor_graph._local import free_port
+from dynasor_graph.local._server import free_port
 
 pytestmark = pytest.mark.vllm
 

@@ -12,19 +12,15 @@ import pytest
 from scripted_server import Script, ScriptedServer
 
 from dynasor_graph import (
-    ClassifierReward,
     Endpoint,
-    EndpointUnreachable,
-    FunctionReward,
-    JudgeReward,
     MCTSConfig,
     RebaseConfig,
-    Reward,
+    ServerBusy,
     ServerRefused,
     create_mcts,
     create_rebase,
 )
-from dynasor_graph.rewards import verdict
+from dynasor_graph.rewards import ClassifierReward, FunctionReward, JudgeReward, Reward, verdict
 
 SEED = 200
 
@@ -228,7 +224,7 @@ async def test_classifier_reward_errors_are_clear(
 ) -> None:
     chat = [{"role": "user", "content": "Q?"}]
     scripted.script = ClassifyScript(500, {"message": "engine dead"})
-    with pytest.raises(EndpointUnreachable, match="engine dead"):
+    with pytest.raises(ServerBusy, match="engine dead"):
         await ClassifierReward(scripted_endpoint).score(chat, "A.")
     scripted.script = ClassifyScript(400, {"message": "model is not a classifier"})
     with pytest.raises(ServerRefused, match="not a classifier"):

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dynasor_graph import CoTConfig, Endpoint, ServerRefused, create_dynasor_cot
+from dynasor_graph import CoTConfig, Endpoint, ServerRefused, create_cot
 
 pytestmark = pytest.mark.vllm
 
@@ -38,7 +38,7 @@ def counters(endpoint: Endpoint) -> dict[str, float]:
 
 
 async def run(endpoint: Endpoint, config: CoTConfig, question: str = QUESTION) -> dict[str, Any]:
-    return dict(await create_dynasor_cot(endpoint, config).ainvoke({"question": question}))
+    return dict(await create_cot(endpoint, config).ainvoke({"question": question}))
 
 
 async def test_usage_equals_the_servers_own_counters(local_vllm: Endpoint) -> None:

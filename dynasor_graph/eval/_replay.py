@@ -17,11 +17,11 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from ._answers import equivalent
+from .._answers import equivalent
+from ..certaindex import answer_entropy, decide, probe_agreement
 from ._methods import Method, parse_methods
 from ._report import ResultRow, summarize
 from ._traces import Trace, TraceProbe
-from .certaindex import answer_entropy, decide, probe_agreement
 
 DEFAULT_METHODS = ("full", "oracle", "mild", "low", "mid", "high", "crazy", "entropy:0.6@5")
 

@@ -3,8 +3,8 @@
 This is the Dynasor authors' "token deprivation" run as a tool: one JSON line per (problem,
 sample) with the token count, raw text, parsed answer and confidence of every probe, the final
 answer and its grade, and the settings that produced it. Stopping rules are then evaluated
-offline by :mod:`dynasor_graph._replay` in seconds. Recording follows the CoT graph's requests
-exactly (``reason`` chunks, the ``probe`` suffix, the server's ``usage``) but never exits early::
+offline by :mod:`dynasor_graph._replay` in seconds. Recording runs the CoT graph itself (its
+``reason`` and ``probe`` nodes, retries and the server's ``usage``) with early exit off::
 
     traces = await record_traces(endpoint, load_dataset("generated:arithmetic?n=20"),
                                  CoTConfig(chunk_size=32, max_tokens=256), Path("traces.jsonl"))
@@ -19,16 +19,15 @@ import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ._answers import equivalent, final_answer, is_confident, probe_answer
-from ._config import CoTConfig, Endpoint
-from ._datasets import DataFormatError, Problem
-from ._endpoint import Completion, Message, complete
-from ._errors import EndpointUnreachable
-from ._nodes import chat_messages
+from .._answers import equivalent
+from .._endpoint import Endpoint
+from .._errors import DataFormatError
+from ..cot import CoTConfig, create_cot
+from ._datasets import Problem
 from ._report import progress_bar, run_workers, running_postfix
 
 # Settings that change what a trace means; api_base and seed may differ between resumed runs.
@@ -120,55 +119,36 @@ async def record_trace(endpoint: Endpoint, problem: Problem, config: CoTConfig,
                        sample: int = 0) -> Trace:
     """Reason about ``problem`` to the budget (or its natural end), probing after every chunk.
 
-    The requests are the CoT graph's: chunks of ``chunk_size`` continuing the assistant turn,
-    then the reasoning plus ``probe_suffix``. A run that ends by budget answers with its last
-    probe, a finished one with its text's final answer, as the graph does when it never exits.
+    This runs the Dynasor-CoT graph itself with ``early_exit=False``: the same nodes, requests
+    and retries, only the Certaindex never ends the run. A run that ends by budget answers
+    with its last probe, a finished one with its text's final answer.
     """
-    chat = chat_messages({"question": problem.question}, config.system_prompt)
-    reasoning, tokens, prompt_tokens = "", 0, 0
+    graph = create_cot(endpoint, config, early_exit=False)
+    state: dict[str, Any] = {}
     probes: list[TraceProbe] = []
-    while True:
-        chunk = await _complete(endpoint, chat, reasoning, config,
-                                max_tokens=min(config.chunk_size, config.max_tokens - tokens))
-        reasoning += chunk.text
-        tokens += chunk.completion_tokens
-        prompt_tokens += chunk.prompt_tokens
-        if chunk.finish_reason != "length" or chunk.completion_tokens == 0:
-            stop: Literal["finished", "budget"] = "finished"
-            answer = final_answer(reasoning)
-            break
-        reply = await _complete(endpoint, chat, reasoning + config.probe_suffix, config,
-                                max_tokens=config.probe_max_tokens, probe=True)
-        probes.append(TraceProbe(
-            tokens=tokens, text=reply.text, answer=probe_answer(reply.text),
-            confident=is_confident(reply.text, config.hesitation_words),
-            prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens))
-        if tokens >= config.max_tokens:
-            stop, answer = "budget", probes[-1].answer
-            break
+    async for mode, part in graph.astream({"question": problem.question},
+                                          stream_mode=["custom", "updates"]):
+        chunk = cast(dict[str, Any], part)
+        if mode == "custom" and chunk.get("event") == "probe":
+            probes.append(TraceProbe(
+                tokens=chunk["tokens"], text=chunk["text"], answer=chunk["answer"],
+                confident=chunk["confident"], prompt_tokens=chunk["prompt_tokens"],
+                completion_tokens=chunk["completion_tokens"]))
+        elif mode == "updates":
+            for update in chunk.values():
+                state.update(update or {})
+    usage = state["usage"]
+    stop: Literal["finished", "budget"] = (
+        "finished" if state.get("stop_reason") == "finished" else "budget")
+    answer = str(state.get("answer", ""))
     return Trace(
         id=problem.id, sample=sample, gold=problem.gold, answer=answer,
-        correct=equivalent(answer, problem.gold), stop_reason=stop, reasoning_tokens=tokens,
-        reasoning_prompt_tokens=prompt_tokens, probes=probes,
+        correct=equivalent(answer, problem.gold), stop_reason=stop,
+        reasoning_tokens=usage["reasoning_tokens"],
+        reasoning_prompt_tokens=usage["reasoning_prompt_tokens"], probes=probes,
         settings=TraceSettings.model_validate(_settings(endpoint, config)),
-        question=problem.question, reasoning=reasoning,
+        question=problem.question, reasoning=str(state.get("reasoning", "")),
     )
-
-
-async def _complete(endpoint: Endpoint, chat: list[Message], prefix: str, config: CoTConfig,
-                    *, max_tokens: int, probe: bool = False) -> Completion:
-    """One request, retrying transient failures like the graph's ``RetryPolicy`` does."""
-    for attempt in range(endpoint.max_retries + 1):
-        try:
-            return await complete(
-                endpoint, chat, prefix, max_tokens=max_tokens,
-                temperature=config.probe_temperature if probe else config.temperature,
-                top_p=config.probe_top_p if probe else config.top_p, seed=config.seed)
-        except EndpointUnreachable:
-            if attempt == endpoint.max_retries:
-                raise
-            await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _settings(endpoint: Endpoint, config: CoTConfig) -> dict[str, Any]:
@@ -181,7 +161,7 @@ def sample_config(config: CoTConfig, sample: int) -> CoTConfig:
     """Sample ``k`` of a problem uses seed ``seed + k`` (no seed: the server's randomness)."""
     if config.seed is None:
         return config
-    return config.model_copy(update={"seed": config.seed + sample})
+    return CoTConfig.model_validate({**config.model_dump(), "seed": config.seed + sample})
 
 
 def _resume(out: Path, endpoint: Endpoint, config: CoTConfig) -> set[tuple[str, int]]:

@@ -1,8 +1,9 @@
 """A Certaindex-aware scheduler for many reasoning programs sharing one endpoint (paper §3.3).
 
-A *program* is one run of a graph. :meth:`Scheduler.run` runs it with the program set in a
-context variable; the endpoint layer (:func:`scheduled`, used by ``complete``) then waits for an
-admission slot before every model call and reports the server's ``usage`` after it. The graphs
+A *program* is one run of a graph. :meth:`Scheduler.run` runs it with the scheduler's admission
+hook installed in the endpoint adapter (a context variable, so only this program's calls see
+it): before every model call the adapter awaits an admission slot, and the server's ``usage``
+is reported back after it. The graphs
 are not changed; the scheduler learns each program's Certaindex from the run's ``values`` stream.
 
 * **in-flight cap**: at most ``max_in_flight`` requests reach the server at once.
@@ -30,7 +31,7 @@ latest probe's answer and ``stop_reason`` ``budget``, ``timeout`` or ``abstained
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import functools
 import inspect
 import itertools
 from collections import deque
@@ -39,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ._endpoint import admission
 
 Policy = Literal["fifo", "certaindex"]
 SchedulerStop = Literal["budget", "timeout", "abstained"]
@@ -133,32 +136,6 @@ class _Graph(Protocol):
                 ) -> AsyncIterator[Any]: ...
 
 
-_CURRENT: contextvars.ContextVar[tuple[Scheduler, _Program] | None] = contextvars.ContextVar(
-    "dynasor_program", default=None)
-
-
-async def scheduled(max_tokens: int, call: Awaitable[T]) -> T:
-    """Await the model ``call`` once the current program's scheduler admits it, and report the
-    server's ``usage.completion_tokens``. Outside :meth:`Scheduler.run` it just awaits."""
-    current = _CURRENT.get()
-    if current is None:
-        return await call
-    scheduler, program = current
-    try:
-        await scheduler._acquire(program, max_tokens)
-    except BaseException:
-        if inspect.iscoroutine(call):
-            call.close()  # never sent: no "coroutine was never awaited" warning
-        raise
-    used = 0
-    try:
-        response = await call
-        used = int(getattr(getattr(response, "usage", None), "completion_tokens", 0) or 0)
-        return response
-    finally:
-        scheduler._release(program, max_tokens, used)
-
-
 class Scheduler:
     """Admits the model calls of many concurrent graph runs to one endpoint (module doc)."""
 
@@ -196,7 +173,7 @@ class Scheduler:
         limit = timeout_s if timeout_s is not None else self.config.timeout_s
         program = _Program(id=program_id or f"program-{seq}", seq=seq, start=start,
                            limit=self._allot(), deadline=start + limit if limit else None)
-        token = _CURRENT.set((self, program))
+        token = admission.set(functools.partial(self._admit, program))
         state: dict[str, Any] = {}
         try:
             async with asyncio.timeout_at(program.deadline):
@@ -209,7 +186,7 @@ class Scheduler:
                 raise
             program.stop = "timeout"
         finally:
-            _CURRENT.reset(token)
+            admission.reset(token)
             self._finish(program)
         output = dict(state)
         if program.stop is not None:
@@ -243,6 +220,22 @@ class Scheduler:
                                           or self.config.global_token_budget is not None):
             self._pool += max(program.limit - program.spent, 0)
             program.limit = program.spent
+
+    async def _admit(self, program: _Program, max_tokens: int, call: Awaitable[T]) -> T:
+        """The admission hook: await ``call`` once admitted; count the tokens it generated."""
+        try:
+            await self._acquire(program, max_tokens)
+        except BaseException:
+            if inspect.iscoroutine(call):
+                call.close()  # never sent: no "coroutine was never awaited" warning
+            raise
+        used = 0
+        try:
+            response = await call
+            used = int(getattr(getattr(response, "usage", None), "completion_tokens", 0) or 0)
+            return response
+        finally:
+            self._release(program, max_tokens, used)
 
     async def _acquire(self, program: _Program, max_tokens: int) -> None:
         self._check(program, max_tokens)

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from ._config import EFFORT_PRESETS, CoTConfig
+from ..cot import EFFORT_PRESETS, CoTConfig
 
 Kind = Literal["full", "oracle", "truncate", "cot", "entropy", "sc"]
 

@@ -18,10 +18,10 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._config import CoTConfig, Endpoint
-from ._errors import DynasorError
-from ._scheduler import ProgramResult, Scheduler, SchedulerConfig
-from .cot import create_dynasor_cot
+from .._endpoint import Endpoint
+from .._errors import DynasorError
+from ..cot import CoTConfig, create_cot
+from ..scheduler import ProgramResult, Scheduler, SchedulerConfig
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ async def run_load(endpoint: Endpoint, questions: Sequence[str], scheduler: Sche
                    config: CoTConfig, *, timeout_s: float = 600) -> LoadReport:
     """Run one Dynasor-CoT program per question at once through one scheduler, bounded by
     ``timeout_s`` (then every program is cancelled and ``TimeoutError`` raised)."""
-    graph = create_dynasor_cot(endpoint, config)
+    graph = create_cot(endpoint, config)
     tasks_before = asyncio.all_tasks()
     fds_before, sockets_before = _fds()
     tracing = tracemalloc.is_tracing()

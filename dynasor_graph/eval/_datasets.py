@@ -17,14 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from ._errors import DynasorError
+from .._errors import DataFormatError
 
 GENERATED_PREFIX = "generated:"
 LEVELS = (1, 2, 3)
-
-
-class DataFormatError(DynasorError, ValueError):
-    """A dataset or trace file is malformed; the message names the file and the line."""
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._answers import equivalent
-from ._config import Endpoint
+from .._answers import equivalent
+from .._endpoint import Endpoint
+from .._state import CoTInput
+from ..cot import create_cot
+from ..scheduler import Scheduler, SchedulerConfig
 from ._datasets import Problem
 from ._methods import REPLAY_ONLY, Method, parse_methods
 from ._report import ResultRow, progress_bar, run_workers, running_postfix, summarize
-from ._scheduler import Scheduler, SchedulerConfig
-from ._state import CoTInput
-from .cot import create_dynasor_cot
 
 DEFAULT_METHODS = ("full", "low", "mid", "high")
 
@@ -33,7 +33,7 @@ async def run_one(endpoint: Endpoint, problem: Problem, method: Method, max_toke
                   seed: int | None = None, scheduler: Scheduler | None = None) -> ResultRow:
     """Solve ``problem`` once with ``method`` (as a program of ``scheduler`` if given); the row
     carries the server's token counts."""
-    graph = create_dynasor_cot(endpoint, method.config(max_tokens, seed))
+    graph = create_cot(endpoint, method.config(max_tokens, seed))
     start = time.perf_counter()
     question = CoTInput(question=problem.question)
     result = (await scheduler.run(graph, question, program_id=f"{problem.id}/{method.name}")

@@ -29,8 +29,8 @@ from typing import IO
 
 import httpx
 
-from ._config import Endpoint
-from ._errors import LocalServerError
+from .._endpoint import Endpoint
+from .._errors import LocalServerError
 
 SERVED_MODEL_NAME = "smollm2-135m-instruct"
 CLASSIFIER_MODEL_NAME = "smollm2-135m-yes-no"

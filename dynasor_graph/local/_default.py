@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from ._config import Endpoint
+from .._endpoint import Endpoint
 
 LOCAL_PORT = 8471  # the embedded server's default port (away from vLLM's usual 8000)
 
@@ -23,18 +23,27 @@ def default_endpoint(
     """Yield the endpoint to use: the arguments, else ``$DYNASOR_API_BASE`` and friends, else the
     embedded SmolLM2 vLLM on ``127.0.0.1:8471`` — reused if it answers, else started for the
     duration of the ``with`` block and stopped after it."""
-    extra = {"timeout_s": timeout_s} if timeout_s else {}
     if api_base or os.environ.get("DYNASOR_API_BASE"):
-        endpoint = Endpoint.from_env(model=model, api_base=api_base, api_key=api_key)
-        yield endpoint.model_copy(update=extra)
+        yield Endpoint.from_env(model=model, api_base=api_base, api_key=api_key,
+                                timeout_s=timeout_s)
         return
-    from ._local import LocalServer, find_running, wait_if_starting
+    if model or api_key:
+        raise ValueError("--model and --api-key need --api-base (or $DYNASOR_API_BASE): "
+                         "the embedded local server serves its own model without a key")
+    from ._server import LocalServer, find_running, wait_if_starting
 
     local = LocalServer(LOCAL_PORT)
     if find_running(local.api_base) or wait_if_starting(LOCAL_PORT):
-        yield local.endpoint().model_copy(update=extra)
+        yield _with_timeout(local.endpoint(), timeout_s)
         return
     print(f"starting the local vLLM (SmolLM2-135M-Instruct) on {local.api_base} ...",
           file=sys.stderr, flush=True)
     with local.start():
-        yield local.endpoint().model_copy(update=extra)
+        yield _with_timeout(local.endpoint(), timeout_s)
+
+
+def _with_timeout(endpoint: Endpoint, timeout_s: float | None) -> Endpoint:
+    """``endpoint`` with another timeout, validated like any other (no silent 0 or -5)."""
+    if timeout_s is None:
+        return endpoint
+    return Endpoint.model_validate({**endpoint.model_dump(), "timeout_s": timeout_s})

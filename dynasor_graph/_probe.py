@@ -1,0 +1,94 @@
+"""The probe: ask the model for its answer *now* and read it.
+
+A probe continues the reasoning (or an agent's draft) with a suffix that forces an immediate
+answer — ``"... I suddenly got the answer ... \\boxed{"`` — for a few tokens, then reads the
+boxed answer and whether the model hedged. Dynasor-CoT, the SC paths, ``record`` and the agent
+early stop all probe through :func:`ask_probe`; the Certaindex of a run is the agreement of
+its recent probes (:func:`~dynasor_graph.certaindex.probe_agreement`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.config import get_stream_writer
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._answers import HESITATION_WORDS, is_confident, probe_answer
+from ._endpoint import Completion, Endpoint, Message, complete
+from .certaindex import Decision
+
+DEFAULT_PROBE_SUFFIX = (
+    "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
+)
+
+
+class ProbeSettings(BaseModel):
+    """How a probe asks for the answer now and reads it: shared by Dynasor-CoT and the agent
+    early stop, which differ only in their suffix and stopping rules."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    probe_suffix: str = Field(default=DEFAULT_PROBE_SUFFIX, min_length=1)
+    probe_max_tokens: int = Field(default=20, ge=1, le=1024)
+    probe_temperature: float = Field(default=0.6, ge=0, le=2)
+    probe_top_p: float = Field(default=0.95, gt=0, le=1)
+    hesitation_words: tuple[str, ...] = HESITATION_WORDS
+    seed: int | None = Field(default=None, description="Sampling seed passed to the server")
+
+
+@dataclass(frozen=True)
+class ProbeReply:
+    """What one probe said: the answer it gave, whether it was confident, and its cost."""
+
+    answer: str
+    confident: bool
+    completion: Completion
+
+    @property
+    def text(self) -> str:
+        return self.completion.text
+
+
+async def ask_probe(
+    endpoint: Endpoint,
+    chat: list[Message],
+    prefix: str,
+    settings: ProbeSettings,
+    *,
+    seed: int | None = None,
+    tools: Sequence[dict[str, Any]] = (),
+) -> ProbeReply:
+    """Continue ``prefix + probe_suffix`` for ``probe_max_tokens`` and read the answer."""
+    reply = await complete(
+        endpoint,
+        chat,
+        prefix + settings.probe_suffix,
+        max_tokens=settings.probe_max_tokens,
+        temperature=settings.probe_temperature,
+        top_p=settings.probe_top_p,
+        seed=seed,
+        tools=tools,
+    )
+    return ProbeReply(answer=probe_answer(reply.text),
+                      confident=is_confident(reply.text, settings.hesitation_words),
+                      completion=reply)
+
+
+def emit_probe_event(reply: ProbeReply, certaindex: float, decision: Decision,
+                     **where: int) -> None:
+    """Stream the probe (``stream_mode="custom"``): where it happened (``tokens=`` or
+    ``step=``), what it answered, its cost, and the Certaindex and decision it led to."""
+    get_stream_writer()({
+        "event": "probe",
+        **where,
+        "answer": reply.answer,
+        "confident": reply.confident,
+        "certaindex": certaindex,
+        "decision": decision,
+        "prompt_tokens": reply.completion.prompt_tokens,
+        "completion_tokens": reply.completion.completion_tokens,
+        "text": reply.text,
+    })
