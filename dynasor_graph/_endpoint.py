@@ -170,6 +170,9 @@ async def complete(
     tool_args: dict[str, Any] = {"tools": list(tools), "tool_choice": "none"} if tools else {}
     if top_logprobs:
         tool_args.update(logprobs=True, top_logprobs=top_logprobs)
+    headers = session_headers()
+    if headers:
+        tool_args["extra_headers"] = headers
     try:
         response = await _admitted(max_tokens, litellm.acompletion(
             model=endpoint.model,
@@ -188,6 +191,20 @@ async def complete(
     except Exception as exc:
         raise endpoint_error(exc, endpoint) from exc
     return _parse(response, endpoint)
+
+
+def session_headers() -> dict[str, str]:
+    """``X-Session-ID: <thread_id>`` inside a LangGraph run that has a thread: every request
+    of one program carries the same key, so vllm-router (``--policy consistent_hash``) sends
+    them all to the replica that holds the program's prefix in cache."""
+    from langgraph.config import get_config
+
+    try:
+        configurable = get_config().get("configurable") or {}
+    except RuntimeError:  # not inside a graph run
+        return {}
+    thread = configurable.get("thread_id")
+    return {"X-Session-ID": str(thread)} if thread else {}
 
 
 def endpoint_error(exc: Exception, endpoint: Endpoint) -> EndpointError:
