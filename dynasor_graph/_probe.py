@@ -17,7 +17,7 @@ from langgraph.config import get_stream_writer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._answers import HESITATION_WORDS, is_confident, probe_answer
-from ._endpoint import Completion, Endpoint, Message, complete
+from ._endpoint import Completion, Endpoint, Message, complete, extend
 from .certaindex import Decision
 
 DEFAULT_PROBE_SUFFIX = (
@@ -60,18 +60,24 @@ async def ask_probe(
     *,
     seed: int | None = None,
     tools: Sequence[dict[str, Any]] = (),
+    prompt_ids: Sequence[int] | None = None,
+    generated: Sequence[int] = (),
 ) -> ProbeReply:
-    """Continue ``prefix + probe_suffix`` for ``probe_max_tokens`` and read the answer."""
-    reply = await complete(
-        endpoint,
-        chat,
-        prefix + settings.probe_suffix,
-        max_tokens=settings.probe_max_tokens,
-        temperature=settings.probe_temperature,
-        top_p=settings.probe_top_p,
-        seed=seed,
-        tools=tools,
-    )
+    """Continue ``prefix + probe_suffix`` for ``probe_max_tokens`` and read the answer.
+
+    With ``prompt_ids`` (token-exact mode) the probe's prompt is ``prompt_ids + generated +``
+    the suffix's ids: the reasoning request's prompt plus the suffix, token for token.
+    """
+    if prompt_ids is not None:
+        reply = await extend(endpoint, chat, prompt_ids, generated, prefix,
+                             suffix=settings.probe_suffix, max_tokens=settings.probe_max_tokens,
+                             temperature=settings.probe_temperature,
+                             top_p=settings.probe_top_p, seed=seed)
+    else:
+        reply = await complete(endpoint, chat, prefix + settings.probe_suffix,
+                               max_tokens=settings.probe_max_tokens,
+                               temperature=settings.probe_temperature,
+                               top_p=settings.probe_top_p, seed=seed, tools=tools)
     return ProbeReply(answer=probe_answer(reply.text),
                       confident=is_confident(reply.text, settings.hesitation_words),
                       completion=reply)

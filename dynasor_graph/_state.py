@@ -35,6 +35,9 @@ class Usage(TypedDict):
     probe_completion_tokens: int
     reward_prompt_tokens: int
     reward_completion_tokens: int
+    answer_tokens: int
+    """Of ``reasoning_tokens``, those generated after the model closed its thinking (its
+    answer); the rest is thinking. Exact in token mode; 0 in text mode."""
 
 
 def empty_usage() -> Usage:
@@ -46,6 +49,7 @@ def empty_usage() -> Usage:
         probe_completion_tokens=0,
         reward_prompt_tokens=0,
         reward_completion_tokens=0,
+        answer_tokens=0,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import sys
@@ -234,8 +235,20 @@ def _print_result(result: dict[str, Any]) -> None:
              if usage["reward_prompt_tokens"] else ""))
 
 
+EVAL_MODULES = ("tqdm", "matplotlib")
+"""What ``record``, ``replay`` and ``bench`` need beyond the core: the ``eval`` extra."""
+
+
+def _require_eval(command: str) -> None:
+    missing = [m for m in EVAL_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"{command} needs the eval extra ({', '.join(missing)} not installed): "
+                         "pip install 'dynasor-graph[eval]'")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     """Run ``record``, ``replay`` or ``bench``; print the summary and where the files went."""
+    _require_eval(args.command)
     from .eval._datasets import load_dataset
     from .eval._methods import parse_methods
     from .eval._report import table, write_report

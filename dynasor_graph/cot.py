@@ -31,7 +31,7 @@ from langgraph.types import Checkpointer
 from pydantic import Field
 
 from ._answers import final_answer
-from ._endpoint import Endpoint, complete, retry_policy
+from ._endpoint import Completion, Endpoint, extend, render_chat, retry_policy
 from ._probe import ProbeSettings, ask_probe, emit_probe_event
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
 from .certaindex import Decision, StopReason, probe_agreement, route_on
@@ -91,6 +91,11 @@ class CoTState(CoTInput, CoTOutput, total=False):
     """The full Dynasor-CoT state: input, output, and the chat and reasoning so far."""
 
     chat: list[dict[str, str]]
+    prompt_ids: list[int] | None
+    """The chat rendered once through the model's chat template (``None`` in text mode)."""
+    token_ids: list[int]
+    """Every token this program generated, in order: request k's prompt is ``prompt_ids +``
+    these (token-exact continuation)."""
     reasoning: str
     token_cap: int
     """Reasoning tokens the next chunk may reach, below ``max_tokens``: a multi-path parent
@@ -107,8 +112,31 @@ class Node(Protocol):
 
 def fresh_path() -> CoTState:
     """A chain of thought that has not started: no reasoning, no probes, zero usage."""
-    return CoTState(reasoning="", probes=[], usage=empty_usage(), certaindex=0.0,
+    return CoTState(reasoning="", token_ids=[], probes=[], usage=empty_usage(), certaindex=0.0,
                     decision="continue", stop_reason=None, answer="", response="")
+
+
+def thinking_closed(text: str, endpoint: Endpoint) -> bool:
+    """True once the model has closed its thinking (its close marker is in ``text``)."""
+    return endpoint.think_markers[1] in text
+
+
+def after_thinking(text: str, endpoint: Endpoint) -> str:
+    """What follows the model's close-thinking marker: its answer (all of ``text`` if none)."""
+    return text.split(endpoint.think_markers[1], 1)[-1]
+
+
+def answer_tokens(before: str, chunk: Completion, endpoint: Endpoint) -> int:
+    """Tokens of ``chunk`` generated after the model closed its thinking: all of them if it
+    had already, those after the marker if the marker ends in this chunk, else none."""
+    marker = endpoint.think_markers[1]
+    if marker in before:
+        return chunk.completion_tokens
+    text = before + chunk.text
+    if marker not in text:
+        return 0
+    end = text.index(marker) + len(marker) - len(before)  # where the marker ends in the chunk
+    return chunk.completion_tokens - chunk.tokens_before(end)
 
 
 def token_cap(state: CoTState, config: CoTConfig) -> int:
@@ -117,11 +145,14 @@ def token_cap(state: CoTState, config: CoTConfig) -> int:
     return min(config.max_tokens, state.get("token_cap", config.max_tokens))
 
 
-def prepare_node(config: CoTConfig) -> Node:
-    """Validate the input and start a fresh program: chat, empty reasoning, zero usage."""
+def prepare_node(endpoint: Endpoint, config: CoTConfig) -> Node:
+    """Validate the input and start a fresh program: the chat, rendered once through the chat
+    template (token-exact mode), empty reasoning, zero usage."""
 
     async def prepare(state: CoTState) -> dict[str, Any]:
-        return {"chat": chat_messages(state, config.system_prompt), **fresh_path()}
+        chat = chat_messages(state, config.system_prompt)
+        prompt_ids = await render_chat(endpoint, chat)
+        return {"chat": chat, "prompt_ids": prompt_ids, **fresh_path()}
 
     return prepare
 
@@ -132,10 +163,13 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
     async def reason(state: CoTState) -> dict[str, Any]:
         usage = state["usage"].copy()
         remaining = token_cap(state, config) - usage["reasoning_tokens"]
-        chunk = await complete(
+        reasoning = state["reasoning"]
+        chunk = await extend(
             endpoint,
             state["chat"],
-            state["reasoning"],
+            state.get("prompt_ids"),
+            state.get("token_ids", []),
+            reasoning,
             max_tokens=min(config.chunk_size, remaining),
             temperature=config.temperature,
             top_p=config.top_p,
@@ -143,9 +177,13 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         )
         usage["reasoning_tokens"] += chunk.completion_tokens
         usage["reasoning_prompt_tokens"] += chunk.prompt_tokens
-        update: dict[str, Any] = {"reasoning": state["reasoning"] + chunk.text, "usage": usage}
+        usage["answer_tokens"] += answer_tokens(reasoning, chunk, endpoint)
+        reasoning += chunk.text
+        update: dict[str, Any] = {"reasoning": reasoning, "usage": usage,
+                                  "token_ids": [*state.get("token_ids", []), *chunk.token_ids]}
         if chunk.finish_reason != "length":  # the model ended its turn by itself
-            update.update(decision="exit", stop_reason="finished")
+            closed = thinking_closed(reasoning, endpoint)
+            update.update(decision="exit", stop_reason="answered" if closed else "finished")
         return update
 
     return reason
@@ -162,15 +200,21 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
 
     async def probe(state: CoTState) -> dict[str, Any]:
         usage = state["usage"].copy()
+        spent = usage["reasoning_tokens"] >= config.max_tokens
+        if thinking_closed(state["reasoning"], endpoint):
+            # The model closed its thinking and is writing its answer: nothing left to probe.
+            decision, stop_reason = route_on(0.0, stops=[("budget", spent)])
+            return {"decision": decision, "stop_reason": stop_reason}
         reply = await ask_probe(endpoint, state["chat"], state["reasoning"], config,
-                                seed=state.get("seed", config.seed))
+                                seed=state.get("seed", config.seed),
+                                prompt_ids=state.get("prompt_ids"),
+                                generated=state.get("token_ids", []))
         usage["probe_prompt_tokens"] += reply.completion.prompt_tokens
         usage["probe_completion_tokens"] += reply.completion.completion_tokens
         record = Probe(tokens=usage["reasoning_tokens"], answer=reply.answer,
                        confident=reply.confident, text=reply.text)
         probes = [*state["probes"], record]
         certaindex = probe_agreement(probes, config.certainty_threshold)
-        spent = usage["reasoning_tokens"] >= config.max_tokens
         decision, stop_reason = route_on(certaindex if early_exit else 0.0,
                                          stops=[("budget", spent)])
         emit_probe_event(reply, certaindex, decision, tokens=record["tokens"])
@@ -185,18 +229,24 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
     return probe
 
 
-def finish_node() -> Node:
-    """Emit the answer; on an early exit append it to the reasoning as the reference does."""
+def finish_node(endpoint: Endpoint) -> Node:
+    """Emit the answer: the model's own when it finished (read from after its thinking), else
+    the last probe's, appended to the reasoning as the reference does — after closing the
+    thinking, so the response reads as the model's would."""
 
     async def finish(state: CoTState) -> dict[str, Any]:
         reasoning = state["reasoning"]
-        if state.get("stop_reason") == "finished":
-            return {"answer": final_answer(reasoning), "response": reasoning, "decision": "exit"}
+        if state.get("stop_reason") in ("finished", "answered"):
+            answer = final_answer(after_thinking(reasoning, endpoint))
+            return {"answer": answer, "response": reasoning, "decision": "exit"}
+        if thinking_closed(reasoning, endpoint):  # cut short while answering
+            answer = final_answer(after_thinking(reasoning, endpoint))
+            return {"answer": answer, "response": reasoning, "decision": "exit"}
         probes = state["probes"]
         answer = probes[-1]["answer"] if probes else ""
         response = reasoning
         if answer:
-            closing = "\n\n" if "</think>" in reasoning else "\n\n</think>\n\n"
+            closing = f"\n\n{endpoint.think_markers[1]}\n\n"
             response = f"{reasoning}{closing}{FINAL_ANSWER_HEADER}{answer}}} \\]"
         return {"answer": answer, "response": response, "decision": "exit"}
 
@@ -244,11 +294,11 @@ def create_cot(
         raise ValueError("give either config or effort, not both")
     retry = retry_policy(endpoint)
     builder = StateGraph(CoTState, input_schema=CoTInput, output_schema=CoTOutput)
-    builder.add_node("prepare", prepare_node(config))
+    builder.add_node("prepare", prepare_node(endpoint, config), retry_policy=retry)
     builder.add_node("reason", reason_node(endpoint, config), retry_policy=retry)
     builder.add_node("probe", probe_node(endpoint, config, early_exit=early_exit),
                      retry_policy=retry)
-    builder.add_node("finish", finish_node())
+    builder.add_node("finish", finish_node(endpoint))
     builder.add_edge(START, "prepare")
     builder.add_edge("prepare", "reason")
     builder.add_conditional_edges("reason", certaindex_condition,

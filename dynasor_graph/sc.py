@@ -29,7 +29,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Send
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._endpoint import Endpoint, retry_policy
+from ._endpoint import Endpoint, render_chat, retry_policy
 from ._state import (
     CoTInput,
     MultiPathOutput,
@@ -102,16 +102,18 @@ class SCOutput(MultiPathOutput, total=False):
 
 
 class SCState(CoTInput, SCOutput, total=False):
-    """Self-consistency's state: the shared chat and the paths so far."""
+    """Self-consistency's state: the shared chat (and its rendered prompt) and the paths."""
 
     chat: list[dict[str, str]]
+    prompt_ids: list[int] | None
 
 
 class PathTask(TypedDict):
-    """What ``Send`` hands ``step``: one path and the shared chat."""
+    """What ``Send`` hands ``step``: one path and the shared chat and prompt."""
 
     path: PathState
     chat: list[dict[str, str]]
+    prompt_ids: list[int] | None
 
 
 def create_sc(
@@ -124,19 +126,24 @@ def create_sc(
     """Build the self-consistency graph: Dynasor-CoT paths, widened while they disagree."""
     config = config or SCConfig()
     step_graph = _step_graph(endpoint, config.path)
-    finish = finish_node()
+    finish = finish_node(endpoint)
 
     async def prepare(state: SCState) -> dict[str, Any]:
         chat = chat_messages(state, config.path.system_prompt)
         paths = _allocate([_new_path(i, config.path) for i in range(config.width)], config)
-        return {"chat": chat, "paths": paths, "usage": empty_usage(), "certaindex": 0.0,
+        # Rendered once: every path continues the same prompt, so the cache shares it too.
+        prompt_ids = await render_chat(endpoint, chat)
+        return {"chat": chat, "prompt_ids": prompt_ids, "paths": paths,
+                "usage": empty_usage(), "certaindex": 0.0,
                 "decision": "continue", "stop_reason": None, "answer": "",
                 "budget_left": config.max_total_tokens}
 
     async def step(state: PathTask) -> dict[str, Any]:
         path = state["path"]
-        result = await step_graph.ainvoke(cast(CoTState, {**path, "chat": state["chat"]}))
+        result = await step_graph.ainvoke(cast(CoTState, {
+            **path, "chat": state["chat"], "prompt_ids": state["prompt_ids"]}))
         result.pop("chat", None)
+        result.pop("prompt_ids", None)
         return {"paths": [cast(PathState, {**result, "id": path["id"]})]}
 
     async def score(state: SCState) -> dict[str, Any]:
@@ -164,7 +171,8 @@ def create_sc(
         return {"paths": _allocate([*paths, *new], config), "decision": "continue"}
 
     def run_paths(state: SCState) -> list[Send]:
-        return [Send("step", {"path": p, "chat": state["chat"]})
+        return [Send("step", {"path": p, "chat": state["chat"],
+                              "prompt_ids": state.get("prompt_ids")})
                 for p in state["paths"] if not _finished(p)]
 
     def after_score(state: SCState) -> Literal["exit", "widen"] | list[Send]:
@@ -172,7 +180,7 @@ def create_sc(
         return decision if decision in ("exit", "widen") else run_paths(state)
 
     builder = StateGraph(SCState, input_schema=CoTInput, output_schema=SCOutput)
-    builder.add_node("prepare", prepare)
+    builder.add_node("prepare", prepare, retry_policy=retry_policy(endpoint))
     # No RetryPolicy here: the step's own reason and probe nodes retry each request once;
     # retrying the whole step around them would multiply attempts and lose counted tokens.
     builder.add_node("step", step, input_schema=PathTask)
@@ -201,7 +209,7 @@ def _step_graph(
     builder = StateGraph(CoTState)
     builder.add_node("reason", reason_node(endpoint, config), retry_policy=retry)
     builder.add_node("probe", probe_node(endpoint, config), retry_policy=retry)
-    builder.add_node("finish", finish_node())
+    builder.add_node("finish", finish_node(endpoint))
     builder.add_edge(START, "reason")
     builder.add_conditional_edges("reason", certaindex_condition,
                                   {"continue": "probe", "exit": "finish"})

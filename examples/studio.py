@@ -1,10 +1,15 @@
 """Graph factories for LangGraph Studio (``langgraph dev``); ``langgraph.json`` lists them.
 
-Each factory builds its graph per run from the run's configuration: the endpoint comes from
-``configurable`` (``api_base``, ``model``, ``api_key``), else ``$DYNASOR_API_BASE``,
-``$DYNASOR_MODEL`` and ``$DYNASOR_API_KEY``, else the embedded local vLLM on
-``http://127.0.0.1:8471/v1`` (start it with ``dynasor-graph serve-local``). So Studio users
-point the graphs at their own vLLM without editing code.
+Each factory builds its graph per run from the run's configuration: the server comes from
+``configurable`` (``api_base``, ``model``), else ``$DYNASOR_API_BASE`` and ``$DYNASOR_MODEL``,
+else the embedded local vLLM on ``http://127.0.0.1:8471/v1`` (start it with ``dynasor-graph
+serve-local``). So Studio users point the graphs at their own vLLM without editing code.
+
+The API key comes from ``$DYNASOR_API_KEY`` only, set where the graph server runs. LangGraph
+copies ``configurable`` values into every checkpoint's metadata (and ``langgraph dev`` keeps
+them in its run store), so a secret there would be written down in plain text: a run whose
+``configurable`` carries ``api_key`` (or any ``*_key``, ``*_token``, ``*_secret``,
+``*_password``) or an ``api_base`` with credentials in it is refused with a ``ValueError``.
 
     LANGSMITH_TRACING=false LANGGRAPH_CLI_NO_ANALYTICS=1 \\
         langgraph dev --no-browser --no-reload --host 127.0.0.1 --port 2024
@@ -23,6 +28,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
@@ -57,22 +63,48 @@ for _module in ("litellm", "langchain_litellm", "math_verify"):
 
 DEFAULT_API_BASE = "http://127.0.0.1:8471/v1"  # `dynasor-graph serve-local`
 DEFAULT_MODEL = "hosted_vllm/smollm2-135m-instruct"
+_SECRET_WORDS = ("key", "apikey", "token", "secret", "password", "credentials")
 
 
 def _configurable(config: RunnableConfig) -> dict[str, Any]:
     return dict(config.get("configurable") or {})
 
 
+def refuse_secrets(options: dict[str, Any]) -> None:
+    """Raise ``ValueError`` if ``configurable`` carries a secret: it would be checkpointed.
+
+    Run parameters named like ``api_key``, ``key`` or ``*_token`` are refused, and an
+    ``api_base`` with ``user:password@``. HTTP headers that the LangGraph server copies into
+    ``configurable`` itself (``x-*``; it already leaves out ``x-api-key``) are not parameters
+    of these graphs and are left alone.
+    """
+    for name, value in options.items():
+        if name.startswith(("x-", "__", "langgraph_", "langsmith")):
+            continue
+        if name.lower().replace("-", "_").split("_")[-1] in _SECRET_WORDS:
+            raise ValueError(
+                f"configurable[{name!r}] looks like a secret, and LangGraph writes configurable "
+                "values into checkpoint metadata in plain text: set $DYNASOR_API_KEY where the "
+                "graph server runs instead")
+        if name == "api_base" and isinstance(value, str) and (
+                urlsplit(value).username or urlsplit(value).password):
+            raise ValueError("configurable['api_base'] carries credentials (user:password@); "
+                             "set $DYNASOR_API_KEY where the graph server runs instead")
+
+
 def endpoint_from(config: RunnableConfig) -> Endpoint:
-    """The run's endpoint: ``configurable``, else ``$DYNASOR_*``, else the local vLLM."""
+    """The run's endpoint: ``api_base`` and ``model`` from ``configurable``, else
+    ``$DYNASOR_API_BASE`` / ``$DYNASOR_MODEL``, else the local vLLM; the key from
+    ``$DYNASOR_API_KEY`` only (never ``configurable``: see :func:`refuse_secrets`)."""
     options = _configurable(config)
+    refuse_secrets(options)
 
     def pick(field: str, variable: str, default: str) -> str:
         return str(options.get(field) or os.environ.get(variable) or default)
 
     return Endpoint(model=pick("model", "DYNASOR_MODEL", DEFAULT_MODEL),
                     api_base=pick("api_base", "DYNASOR_API_BASE", DEFAULT_API_BASE),
-                    api_key=SecretStr(pick("api_key", "DYNASOR_API_KEY", "EMPTY")))
+                    api_key=SecretStr(os.environ.get("DYNASOR_API_KEY") or "EMPTY"))
 
 
 def dynasor_cot(config: RunnableConfig) -> CompiledStateGraph[CoTState, None, CoTInput, CoTOutput]:

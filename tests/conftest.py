@@ -28,8 +28,9 @@ def scripted() -> Iterator[ScriptedServer]:
 
 @pytest.fixture
 def scripted_endpoint(scripted: ScriptedServer) -> Endpoint:
+    """The scripted server speaks chat completions only: text-mode continuation."""
     return Endpoint(model=f"hosted_vllm/{SERVED_NAME}", api_base=scripted.api_base,
-                    timeout_s=10, max_retries=2)
+                    timeout_s=10, max_retries=2, continuation="text")
 
 
 @pytest.fixture(scope="session")

@@ -112,6 +112,9 @@ class ScriptedServer:
 
     def __init__(self, script: Any = None, port: int = 0) -> None:
         self.script = script or Script()
+        # Every POST as it arrived, whatever the script answered: ``path``, ``headers`` (keys
+        # lower-cased) and the JSON ``body``. Security tests read it: a key must arrive here.
+        self.requests: list[dict[str, Any]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -136,6 +139,8 @@ class ScriptedServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                outer.requests.append({"path": self.path, "body": body, "headers": {
+                    key.lower(): value for key, value in self.headers.items()}})
                 if getattr(outer.script, "delay_s", 0):
                     time.sleep(outer.script.delay_s)
                 if self.path.rstrip("/").endswith("/classify") and hasattr(outer.script,
@@ -156,6 +161,10 @@ class ScriptedServer:
     @property
     def api_base(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def requests_to(self, suffix: str) -> list[dict[str, Any]]:
+        """The logged POSTs whose path ends with ``suffix`` (e.g. ``/classify``)."""
+        return [r for r in self.requests if r["path"].rstrip("/").endswith(suffix)]
 
     def __enter__(self) -> ScriptedServer:
         self._thread.start()

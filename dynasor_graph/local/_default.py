@@ -33,13 +33,14 @@ def default_endpoint(
     from ._server import LocalServer, find_running, wait_if_starting
 
     local = LocalServer(LOCAL_PORT)
+    endpoint = _with_timeout(local.endpoint(), timeout_s)  # a bad timeout fails before a start
     if find_running(local.api_base) or wait_if_starting(LOCAL_PORT):
-        yield _with_timeout(local.endpoint(), timeout_s)
+        yield endpoint
         return
     print(f"starting the local vLLM (SmolLM2-135M-Instruct) on {local.api_base} ...",
           file=sys.stderr, flush=True)
     with local.start():
-        yield _with_timeout(local.endpoint(), timeout_s)
+        yield endpoint
 
 
 def _with_timeout(endpoint: Endpoint, timeout_s: float | None) -> Endpoint:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO
@@ -329,9 +330,15 @@ class LocalServer:
         startup_timeout_s: float = 600,
         log_path: Path | None = None,
         classifier: bool = False,
+        model_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port = port if port is not None else free_port()
         self.classifier = classifier
+        self.model_dir = model_dir
+        """Serve this HF folder instead of the converted SmolLM2 (e.g. its think-token variant)."""
+        self.extra_args = tuple(extra_args)
+        """More vLLM flags, e.g. ``("--chat-template", path, "--reasoning-parser", name)``."""
         self.served_name = CLASSIFIER_MODEL_NAME if classifier else SERVED_MODEL_NAME
         self.startup_timeout_s = startup_timeout_s
         self.log_path = log_path or cache_dir() / "logs" / f"vllm-{self.port}.log"
@@ -370,7 +377,7 @@ class LocalServer:
         if self.running:
             return self
         self.stop()
-        model = ensure_model()
+        model = self.model_dir or ensure_model()
         _require("vllm", _INSTALL_LOCAL)
         self._port_lock = _take_port_lock(self.port)
         if self._port_lock is None:
@@ -392,6 +399,7 @@ class LocalServer:
             "--port", str(self.port),
             *_SERVER_ARGS,
             *(_CLASSIFIER_ARGS if self.classifier else ()),
+            *self.extra_args,
         ]
         env = {**_SERVER_ENV, **os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         try:

@@ -1,0 +1,125 @@
+"""Token-exact continuation under the real chat templates of reasoning-model families.
+
+The real local vLLM serves SmolLM2 with the verbatim DeepSeek-R1-Distill and Qwen3 chat
+templates (``--chat-template``, files in ``tests/chat_templates``). Under those templates a
+chat-level continuation is not what the model wrote (R1 drops the ``<think>\\n`` opener from
+every continued request, Qwen3 inserts an empty think block); token-exact continuation renders
+the chat once and then sends ids. The server's own counters prove it: every request's prompt is
+the first prompt's tokens plus the tokens generated before it (plus the probe suffix's), and
+the prefix cache serves the probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dynasor_graph import CoTConfig, Endpoint, SCConfig, create_cot, create_sc
+from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
+from dynasor_graph.eval import Problem
+from dynasor_graph.eval._traces import record_trace
+from dynasor_graph.local import SERVED_MODEL_NAME, LocalServer
+
+pytestmark = pytest.mark.vllm
+
+TEMPLATES = Path(__file__).parent / "chat_templates"
+QUESTION = "Tom has 3 boxes with 4 apples in each box. How many apples does Tom have?"
+
+
+@pytest.fixture(scope="module", params=["deepseek_r1_distill", "qwen3"])
+def templated(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
+    """SmolLM2 on the real local vLLM, rendering chats with a reasoning family's template."""
+    template = TEMPLATES / f"{request.param}.jinja"
+    server = LocalServer(extra_args=("--chat-template", str(template)))
+    with server:
+        yield Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base, timeout_s=300)
+
+
+def counters(endpoint: Endpoint) -> dict[str, float]:
+    text = httpx.get(endpoint.server_root + "/metrics", timeout=10).text
+    wanted = {"vllm:prompt_tokens", "vllm:generation_tokens", "vllm:prefix_cache_hits",
+              "vllm:prefix_cache_queries"}
+    totals = dict.fromkeys(wanted, 0.0)
+    for family in text_string_to_metric_families(text):
+        if family.name in wanted:
+            totals[family.name] += sum(s.value for s in family.samples
+                                       if s.name.endswith("_total"))
+    return totals
+
+
+def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: after[key] - before[key] for key in before}
+
+
+def rendered_length(endpoint: Endpoint, question: str = QUESTION) -> int:
+    body = {"model": endpoint.served_name, "add_generation_prompt": True,
+            "messages": [{"role": "user", "content": question}]}
+    return len(httpx.post(endpoint.server_root + "/tokenize", json=body, timeout=30)
+               .json()["tokens"])
+
+
+def suffix_length(endpoint: Endpoint) -> int:
+    body = {"model": endpoint.served_name, "prompt": DEFAULT_PROBE_SUFFIX,
+            "add_special_tokens": False}
+    return len(httpx.post(endpoint.server_root + "/tokenize", json=body, timeout=30)
+               .json()["tokens"])
+
+
+def exact_prompts(path: dict[str, Any], first: int, suffix: int) -> tuple[int, int]:
+    """The prompt tokens a token-exact path sends: reason chunk k starts where probe k-1 was
+    taken; probe j sends the first prompt, the reasoning so far and the suffix."""
+    probes = [p["tokens"] for p in path["probes"]]
+    chunk_starts = [0, *probes] if path["stop_reason"] in ("finished", "answered") else [
+        0, *probes[:-1]]
+    reason = sum(first + start for start in chunk_starts)
+    probe = sum(first + tokens + suffix for tokens in probes)
+    return reason, probe
+
+
+async def test_cot_continues_token_exactly_and_probes_hit_the_cache(
+    templated: Endpoint,
+) -> None:
+    config = CoTConfig(chunk_size=32, max_tokens=192, certainty_threshold=64, seed=0)
+    first, suffix = rendered_length(templated), suffix_length(templated)
+    before = counters(templated)
+    result = await create_cot(templated, config).ainvoke({"question": QUESTION})
+    seen = delta(before, counters(templated))
+    usage = result["usage"]
+    assert result["stop_reason"] in ("budget", "finished", "answered")
+    assert result["probes"]
+    reason, probe = exact_prompts(result, first, suffix)
+    assert (usage["reasoning_prompt_tokens"], usage["probe_prompt_tokens"]) == (reason, probe)
+    assert seen["vllm:prompt_tokens"] == reason + probe  # the server's own count
+    assert seen["vllm:generation_tokens"] == (usage["reasoning_tokens"]
+                                              + usage["probe_completion_tokens"])
+    # Every request continues the previous one's tokens: most prompt tokens come from cache.
+    assert seen["vllm:prefix_cache_hits"] / seen["vllm:prefix_cache_queries"] >= 0.6
+
+
+async def test_sc_paths_share_one_rendered_prompt(templated: Endpoint) -> None:
+    path = CoTConfig(chunk_size=24, max_tokens=72, certainty_threshold=64, seed=1)
+    config = SCConfig(path=path, width=2, max_width=2, detect_at=2, max_total_tokens=400)
+    first, suffix = rendered_length(templated), suffix_length(templated)
+    before = counters(templated)
+    result = await create_sc(templated, config).ainvoke({"question": QUESTION})
+    seen = delta(before, counters(templated))
+    expected = [exact_prompts(p, first, suffix) for p in result["paths"]]
+    usage = result["usage"]
+    assert usage["reasoning_prompt_tokens"] == sum(r for r, _ in expected)
+    assert usage["probe_prompt_tokens"] == sum(p for _, p in expected)
+    assert seen["vllm:prompt_tokens"] == sum(r + p for r, p in expected)
+
+
+async def test_record_probes_are_token_exact(templated: Endpoint) -> None:
+    config = CoTConfig(chunk_size=32, max_tokens=96, seed=2)
+    first, suffix = rendered_length(templated), suffix_length(templated)
+    trace = await record_trace(templated, Problem(id="apples", question=QUESTION, gold="12"),
+                               config)
+    assert trace.probes
+    assert [p.prompt_tokens for p in trace.probes] == [
+        first + p.tokens + suffix for p in trace.probes]
