@@ -16,7 +16,7 @@ from langgraph.types import Send
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._answers import final_answer
-from ._endpoint import Endpoint, complete, retry_policy
+from ._endpoint import Endpoint, extend, render_chat, retry_policy
 from ._state import (
     CoTInput,
     MultiPathOutput,
@@ -80,6 +80,8 @@ class TreeNode(TypedDict):
     value: float
     usage: Usage
     """What producing and scoring this step cost; the search's usage is the sum over nodes."""
+    token_ids: list[int]
+    """The step's generated token ids (token-exact mode; empty in text mode)."""
 
 
 class TreeOutput(MultiPathOutput, total=False):
@@ -92,6 +94,8 @@ class TreeState(CoTInput, TreeOutput, total=False):
     """A tree search's state: the chat, the tree, where to expand next and the beam width."""
 
     chat: list[dict[str, str]]
+    prompt_ids: list[int] | None
+    """The chat rendered once through the chat template (``None`` in text mode)."""
     focus: int
     frontier: list[int]
     width: int
@@ -102,12 +106,15 @@ def new_node(node_id: int, parent: TreeNode | None, text: str = "") -> TreeNode:
     return TreeNode(id=node_id, parent=None if parent is None else parent["id"],
                     depth=0 if parent is None else parent["depth"] + 1, text=text,
                     terminal=False, answer="", reward=None, visits=0, value=0.0,
-                    usage=empty_usage())
+                    usage=empty_usage(), token_ids=[])
 
 
-def start(state: TreeState, config: TreeConfig) -> dict[str, Any]:
-    """The state of a fresh search: the chat, a root node, zero usage, the whole budget."""
-    return {"chat": chat_messages(state, config.system_prompt), "nodes": [new_node(0, None)],
+async def start(state: TreeState, endpoint: Endpoint, config: TreeConfig) -> dict[str, Any]:
+    """The state of a fresh search: the chat (rendered once), a root node, zero usage, the
+    whole budget."""
+    chat = chat_messages(state, config.system_prompt)
+    return {"chat": chat, "prompt_ids": await render_chat(endpoint, chat),
+            "nodes": [new_node(0, None)],
             "usage": empty_usage(), "certaindex": 0.0, "decision": "continue",
             "stop_reason": None, "answer": "", "budget_left": config.max_total_tokens,
             "focus": 0, "frontier": [0], "width": config.width}
@@ -122,6 +129,17 @@ def path_text(nodes: list[TreeNode], node_id: int) -> str:
         texts.append(by_id[current]["text"])
         current = by_id[current]["parent"]
     return "".join(reversed(texts))
+
+
+def path_ids(nodes: list[TreeNode], node_id: int) -> list[int]:
+    """The token ids from the root to ``node_id``: its ancestors' step ids in order."""
+    by_id = {n["id"]: n for n in nodes}
+    steps: list[list[int]] = []
+    current: int | None = node_id
+    while current is not None:
+        steps.append(by_id[current].get("token_ids", []))
+        current = by_id[current]["parent"]
+    return [token for step in reversed(steps) for token in step]
 
 
 def children(nodes: list[TreeNode], node_id: int) -> list[TreeNode]:
@@ -148,9 +166,12 @@ def expansions(state: TreeState, plan: list[tuple[int, int]], config: TreeConfig
     sends: list[Send] = []
     for parent_id, count in trimmed:
         prefix = path_text(state["nodes"], parent_id)
+        prefix_ids = path_ids(state["nodes"], parent_id)
         for _ in range(count):
             sends.append(Send("expand", {"chat": state["chat"], "parent": by_id[parent_id],
-                                         "prefix": prefix, "id": next_id, "max_tokens": share}))
+                                         "prompt_ids": state.get("prompt_ids"),
+                                         "prefix": prefix, "prefix_ids": prefix_ids,
+                                         "id": next_id, "max_tokens": share}))
             next_id += 1
     return sends
 
@@ -160,12 +181,13 @@ def expand_node(endpoint: Endpoint, config: TreeConfig) -> Any:
 
     async def expand(task: dict[str, Any]) -> dict[str, Any]:
         parent: TreeNode = task["parent"]
-        step = await complete(
-            endpoint, task["chat"], task["prefix"], max_tokens=task["max_tokens"],
-            temperature=config.temperature, top_p=config.top_p,
-            seed=None if config.seed is None else config.seed + task["id"],
+        step = await extend(
+            endpoint, task["chat"], task.get("prompt_ids"), task.get("prefix_ids", []),
+            task["prefix"], max_tokens=task["max_tokens"], temperature=config.temperature,
+            top_p=config.top_p, seed=None if config.seed is None else config.seed + task["id"],
         )
         node = new_node(task["id"], parent, step.text)
+        node["token_ids"] = list(step.token_ids)
         if step.finish_reason != "length" or node["depth"] >= config.max_depth:
             node["terminal"] = True
             node["answer"] = final_answer(task["prefix"] + step.text)
@@ -240,12 +262,12 @@ def search_builder(
     ``finish → END``; the algorithm adds its own routing from ``<decide>``."""
 
     async def prepare(state: TreeState) -> dict[str, Any]:
-        return start(state, config)
+        return await start(state, endpoint, config)
 
     name, node = decide_node
     retry = retry_policy(endpoint)
     builder = StateGraph(TreeState, input_schema=CoTInput, output_schema=TreeOutput)
-    builder.add_node("prepare", prepare)
+    builder.add_node("prepare", prepare, retry_policy=retry)
     builder.add_node("expand", expand_node(endpoint, config), retry_policy=retry)
     builder.add_node("evaluate", evaluate_node(reward, config), retry_policy=retry)
     builder.add_node(name, node)
