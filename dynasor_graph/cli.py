@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--classifier", action="store_true",
                        help="serve SmolLM2 as a yes/no classifier on /classify (a reward model "
                        f"for --reward-api-base, served name {CLASSIFIER_MODEL_NAME})")
+    serve.add_argument("--replicas", type=int, default=1,
+                       help="N > 1: N replicas on free ports behind vllm-router on --port")
+    serve.add_argument("--router-policy", default="consistent_hash",
+                       choices=["consistent_hash", "round_robin", "cache_aware", "power_of_two",
+                                "random"],
+                       help="with --replicas: consistent_hash keys on X-Session-ID (the thread)")
 
     record = commands.add_parser(
         "record", help="reason to the budget probing after every chunk; write probe traces")
@@ -326,6 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .local._server import serve_forever
 
             default_port = LOCAL_PORT + 1 if args.classifier else LOCAL_PORT
+            if args.replicas > 1:
+                from .local._fleet import serve_fleet_forever
+
+                serve_fleet_forever(args.replicas, args.port or default_port,
+                                    policy=args.router_policy, classifier=args.classifier)
+                return 0
             serve_forever(args.port or default_port, classifier=args.classifier)
             return 0
         if args.command in ("record", "replay", "bench"):

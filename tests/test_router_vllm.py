@@ -1,0 +1,249 @@
+"""Several replicas behind the real ``vllm-router``.
+
+- Fast (no vLLM): two small fake workers behind the router. With ``consistent_hash`` every
+  request of a session (``X-Session-ID``, which every model call of a LangGraph run with a thread
+  carries) reaches one worker, and Dynasor-CoT programs keep to their worker; with
+  ``round_robin`` one session's requests alternate between the workers.
+- Real (``vllm``): ``dynasor-graph serve-local --replicas 2`` — two local vLLM replicas and the
+  router, one base URL; each program's requests all reach one replica (per-replica ``/metrics``),
+  the programs' summed usage equals the sum of both replicas' token counters, and SIGINT stops
+  the router and both replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from scripted_server import SERVED_NAME, Script
+
+from dynasor_graph import CoTConfig, Endpoint, create_cot
+from dynasor_graph._state import sum_usage
+from dynasor_graph.local._fleet import Router
+from dynasor_graph.local._server import SERVED_MODEL_NAME, free_port
+
+QUESTION = "Tom has 3 boxes with 4 apples in each box. How many apples does Tom have?"
+
+
+class FakeWorker:
+    """A vLLM stand-in on loopback: ``/health``, ``/v1/models``, and chat completions answered
+    by a :class:`Script` (reasoning tokens, then probe replies); logs each request's session."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.script = Script(probes=["5}"] * 1000)
+        self.sessions: list[str | None] = []
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: Any) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/v1/models"):
+                    self._send(200, {"object": "list", "data": [{"id": SERVED_NAME,
+                                                                 "object": "model"}]})
+                else:  # /health and whatever else the router asks
+                    self._send(200, {})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {"message": f"no route {self.path}"})  # e.g. /tokenize
+                    return
+                with lock:
+                    outer.sessions.append(self.headers.get("X-Session-ID"))
+                    status, payload = outer.script.reply(body)
+                self._send(status, payload)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeWorker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def workers() -> Iterator[tuple[FakeWorker, FakeWorker]]:
+    with FakeWorker("a") as a, FakeWorker("b") as b:
+        yield a, b
+
+
+def chat(router: Router, session: str) -> None:
+    response = httpx.post(f"{router.api_base}/chat/completions", headers={"X-Session-ID": session},
+                          json={"model": SERVED_NAME, "max_tokens": 2,
+                                "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    response.raise_for_status()
+
+
+def served_by(workers: tuple[FakeWorker, ...], session: str) -> set[str]:
+    return {w.name for w in workers for s in w.sessions if s == session}
+
+
+async def test_consistent_hash_keeps_each_session_and_program_on_one_worker(
+    workers: tuple[FakeWorker, FakeWorker],
+) -> None:
+    with Router([w.url for w in workers], policy="consistent_hash", startup_timeout_s=60) as router:
+        sessions = [f"s{i}" for i in range(10)]
+        for _ in range(3):
+            for session in sessions:
+                chat(router, session)
+        assert all(len(served_by(workers, s)) == 1 for s in sessions)
+        assert {name for s in sessions for name in served_by(workers, s)} == {"a", "b"}
+
+        for worker in workers:  # count the programs' requests only
+            worker.script.log.clear()
+        endpoint = Endpoint(model=f"hosted_vllm/{SERVED_NAME}", api_base=router.api_base,
+                            timeout_s=30, max_retries=1)
+        config = CoTConfig(chunk_size=8, max_tokens=64, certainty_threshold=3)
+        graph = create_cot(endpoint, config)
+        threads = [f"program-{i}" for i in range(4)]
+        results = await asyncio.gather(*(
+            graph.ainvoke({"question": QUESTION}, {"configurable": {"thread_id": thread}})
+            for thread in threads))
+    for thread, result in zip(threads, results, strict=True):
+        assert result["stop_reason"] == "certain"
+        # three probes and their chunks, all on one worker
+        assert len(served_by(workers, thread)) == 1
+        assert sum(w.sessions.count(thread) for w in workers) == 6
+    served = sum_usage([w.script.usage() for w in workers])
+    assert sum_usage([r["usage"] for r in results]) == served
+
+
+def test_round_robin_alternates_one_sessions_requests(
+    workers: tuple[FakeWorker, FakeWorker],
+) -> None:
+    with Router([w.url for w in workers], policy="round_robin", startup_timeout_s=60) as router:
+        for _ in range(6):
+            chat(router, "s1")
+    order = sorted((w.name, i) for w in workers for i, s in enumerate(w.sessions) if s == "s1")
+    assert sorted(name for name, _ in order) == ["a", "a", "a", "b", "b", "b"]
+
+
+# -- the real thing: two local vLLM replicas behind the router ---------------------------------
+
+def replica_counters(base_url: str) -> dict[str, float]:
+    """Token and request counters of one replica, summed over label sets."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    wanted = {"vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success"}
+    totals = dict.fromkeys(wanted, 0.0)
+    for family in text_string_to_metric_families(text):
+        if family.name in wanted:
+            totals[family.name] += sum(s.value for s in family.samples
+                                       if s.name.endswith("_total"))
+    return totals
+
+
+def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: after[key] - before[key] for key in before}
+
+
+@pytest.mark.vllm
+async def test_serve_local_replicas_keeps_each_program_on_one_replica() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dynasor_graph", "serve-local", "--replicas", "2",
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    replicas: list[str] = []
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        line = (await asyncio.to_thread(process.stdout.readline)).strip()
+        if line != f"http://127.0.0.1:{port}/v1":
+            pytest.fail(f"serve-local --replicas 2 did not start: {line!r}")
+        while len(replicas) < 2:  # "replica i: http://127.0.0.1:P/v1 (log ...)", before the URL
+            words = process.stderr.readline().split()
+            if words[:1] == ["replica"]:
+                replicas.append(words[2].removesuffix("/v1"))
+        assert len(set(replicas)) == 2
+        router = line
+        endpoint = Endpoint(model=f"hosted_vllm/{SERVED_MODEL_NAME}", api_base=router,
+                            timeout_s=300, max_retries=1)
+
+        def landing(session: str) -> int:
+            """The replica that serves a one-token request of ``session``."""
+            before = [replica_counters(r) for r in replicas]
+            httpx.post(f"{router}/chat/completions", headers={"X-Session-ID": session},
+                       json={"model": SERVED_MODEL_NAME, "max_tokens": 1,
+                             "messages": [{"role": "user", "content": "hi"}]},
+                       timeout=120).raise_for_status()
+            grew = [i for i, r in enumerate(replicas)
+                    if delta(before[i], replica_counters(r))["vllm:request_success"] > 0]
+            assert len(grew) == 1
+            return grew[0]
+
+        # Thread ids for three programs on both replicas (the hash ring depends on the ports).
+        chosen: dict[int, list[str]] = {0: [], 1: []}
+        for i in range(20):
+            thread = f"program-{i}"
+            chosen[await asyncio.to_thread(landing, thread)].append(thread)
+            if len(chosen[0]) + len(chosen[1]) >= 3 and chosen[0] and chosen[1]:
+                break
+        assert chosen[0] and chosen[1]
+
+        config = CoTConfig(chunk_size=16, max_tokens=64, certainty_threshold=2, seed=0)
+        graph = create_cot(endpoint, config)
+        usages, start = [], [replica_counters(r) for r in replicas]
+        for replica, threads in chosen.items():
+            for thread in threads:
+                before = [replica_counters(r) for r in replicas]
+                result = await graph.ainvoke({"question": QUESTION},
+                                             {"configurable": {"thread_id": thread}})
+                spent = [delta(before[i], replica_counters(r)) for i, r in enumerate(replicas)]
+                usage = result["usage"]
+                usages.append(usage)
+                assert result["decision"] == "exit"
+                # every request of the program on its replica, none on the other
+                assert spent[1 - replica] == dict.fromkeys(spent[0], 0.0)
+                assert spent[replica]["vllm:request_success"] >= 2
+                assert spent[replica]["vllm:generation_tokens"] == (
+                    usage["reasoning_tokens"] + usage["probe_completion_tokens"])
+        total = sum_usage(usages)
+        spent_all = [delta(start[i], replica_counters(r)) for i, r in enumerate(replicas)]
+        assert sum(s["vllm:generation_tokens"] for s in spent_all) == (
+            total["reasoning_tokens"] + total["probe_completion_tokens"])
+        assert sum(s["vllm:prompt_tokens"] for s in spent_all) == (
+            total["reasoning_prompt_tokens"] + total["probe_prompt_tokens"])
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = await asyncio.to_thread(process.wait, 120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert code == 0, f"serve-local --replicas 2 exited with {code} on SIGINT"
+    for url in [f"http://127.0.0.1:{port}", *replicas]:  # nothing listens any more
+        host, _, replica_port = url.removeprefix("http://").partition(":")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(replica_port)), timeout=5).close()
