@@ -100,6 +100,7 @@ class Script:
             "probe_completion_tokens": self.total("probe", "completion_tokens"),
             "reward_prompt_tokens": 0,
             "reward_completion_tokens": 0,
+            "answer_tokens": 0,
         }
 
 
