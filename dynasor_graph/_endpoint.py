@@ -127,6 +127,20 @@ admission: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
 """The admission hook of the program running in this context (set by a scheduler)."""
 
 
+RequestTags = Callable[[int], dict[str, Any]]
+"""``tags(max_tokens)``: extra request-body fields for the next model call (e.g. vLLM's
+``priority``), from the policy of the program running in this context."""
+
+request_tags: contextvars.ContextVar[RequestTags | None] = contextvars.ContextVar(
+    "dynasor_request_tags", default=None)
+"""The request-tagging hook of the program running in this context (set by a scheduler)."""
+
+
+def _request_tags(max_tokens: int) -> dict[str, Any]:
+    tags = request_tags.get()
+    return tags(max_tokens) if tags is not None else {}
+
+
 async def _admitted(max_tokens: int, call: Awaitable[T]) -> T:
     admit = admission.get()
     if admit is None:
@@ -193,6 +207,7 @@ async def complete(
     extra_body: dict[str, Any] = dict(template_flags)
     if seed is not None:
         extra_body["seed"] = seed
+    extra_body.update(_request_tags(max_tokens))
     tool_args: dict[str, Any] = {"tools": list(tools), "tool_choice": "none"} if tools else {}
     if top_logprobs:
         tool_args.update(logprobs=True, top_logprobs=top_logprobs)
@@ -483,6 +498,7 @@ async def complete_tokens(
     extra_body: dict[str, Any] = {"return_token_ids": True, "logprobs": 0}
     if seed is not None:
         extra_body["seed"] = seed
+    extra_body.update(_request_tags(max_tokens))
     headers = session_headers()
     try:
         response = await _admitted(max_tokens, litellm.atext_completion(
