@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     solve.add_argument("--temperature", type=float, help="reasoning temperature (default 0.6)")
     solve.add_argument("--seed", type=int, help="sampling seed sent to the server")
     solve.add_argument("--timeout", type=float, help="per-request timeout in seconds")
+    _model_arguments(solve)
     solve.add_argument("--width", type=int, help="sc: first paths; mcts: children per "
                        "expansion; rebase: first beam width")
     solve.add_argument("--max-width", type=int, help="most paths / children / beam width")
@@ -121,6 +122,34 @@ def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=1, help="runs in flight at once")
     parser.add_argument("--seed", type=int, help="sampling seed (sample k uses seed + k)")
     parser.add_argument("--timeout", type=float, default=600, help="per-request timeout (s)")
+    _model_arguments(parser)
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the served model renders and thinks: chat-template kwargs, thinking markers, and
+    token-exact or text continuation."""
+    parser.add_argument("--chat-template-kwargs", metavar="JSON",
+                        help='passed to the chat template, e.g. \'{"enable_thinking": true}\'')
+    parser.add_argument("--think-markers", nargs=2, metavar=("OPEN", "CLOSE"),
+                        help="how the model opens and closes its thinking "
+                        "(default <think> </think>)")
+    parser.add_argument("--continuation", choices=["auto", "tokens", "text"],
+                        help="tokens: token-exact via /tokenize and /v1/completions; text: chat "
+                        "continuation; auto (default): tokens where the server has /tokenize")
+
+
+def _endpoint_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`Endpoint` fields the model flags set (validated by ``Endpoint``)."""
+    kwargs = None
+    if args.chat_template_kwargs is not None:
+        try:
+            kwargs = json.loads(args.chat_template_kwargs)
+        except ValueError as exc:
+            raise ValueError(f"--chat-template-kwargs is not JSON: {exc}") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError("--chat-template-kwargs must be a JSON object")
+    return {"chat_template_kwargs": kwargs, "continuation": args.continuation,
+            "think_markers": tuple(args.think_markers) if args.think_markers else None}
 
 
 def _config(args: argparse.Namespace) -> BaseModel:
@@ -174,6 +203,10 @@ def _as_json(result: dict[str, Any]) -> dict[str, Any]:
         "stop_reason": result.get("stop_reason"),
         "usage": result.get("usage"),
     }
+    usage = result.get("usage")
+    if usage:  # what the model spent thinking and, after it closed its thinking, answering
+        out["thinking_tokens"] = usage["reasoning_tokens"] - usage.get("answer_tokens", 0)
+        out["answer_tokens"] = usage.get("answer_tokens", 0)
     if "probes" in result:
         out["probes"] = [{"tokens": p["tokens"], "answer": p["answer"],
                           "confident": p["confident"]} for p in result["probes"]]
@@ -237,6 +270,9 @@ def _print_result(result: dict[str, Any]) -> None:
     print(f"tokens: reasoning {usage['reasoning_tokens']} "
           f"(prompt {usage['reasoning_prompt_tokens']}), "
           f"probes {usage['probe_completion_tokens']} (prompt {usage['probe_prompt_tokens']})"
+          + (f", of the reasoning: thinking "
+             f"{usage['reasoning_tokens'] - usage['answer_tokens']}, answer "
+             f"{usage['answer_tokens']}" if usage.get("answer_tokens") else "")
           + (f", reward model prompt {usage['reward_prompt_tokens']}"
              if usage["reward_prompt_tokens"] else ""))
 
@@ -293,8 +329,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _record(args: argparse.Namespace, problems: list[Problem], config: CoTConfig) -> None:
     from .eval._traces import record_traces
 
-    with default_endpoint(args.model, args.api_base, args.api_key,
-                          timeout_s=args.timeout) as endpoint:
+    with default_endpoint(args.model, args.api_base, args.api_key, timeout_s=args.timeout,
+                          **_endpoint_options(args)) as endpoint:
         new = asyncio.run(record_traces(endpoint, problems, config, args.out,
                                         samples=args.samples, concurrency=args.concurrency,
                                         progress=True))
@@ -312,8 +348,8 @@ def _bench(args: argparse.Namespace, problems: list[Problem],
     if args.scheduler or args.arrival_rate:
         scheduler = SchedulerConfig(policy=args.scheduler or "fifo",
                                     max_in_flight=args.concurrency)
-    with default_endpoint(args.model, args.api_base, args.api_key,
-                          timeout_s=args.timeout) as endpoint:
+    with default_endpoint(args.model, args.api_base, args.api_key, timeout_s=args.timeout,
+                          **_endpoint_options(args)) as endpoint:
         rows, summary = asyncio.run(run_bench(
             endpoint, problems, args.methods, max_tokens=args.max_tokens, seed=args.seed,
             concurrency=args.concurrency, progress=True, scheduler=scheduler,
@@ -346,8 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _config(args)
         if not args.question.strip():
             raise ValueError("question must not be empty")
-        with default_endpoint(args.model, args.api_base, args.api_key,
-                              timeout_s=args.timeout) as endpoint:
+        with default_endpoint(args.model, args.api_base, args.api_key, timeout_s=args.timeout,
+                              **_endpoint_options(args)) as endpoint:
             result = asyncio.run(_solve(args, endpoint, config))
         if args.json:
             print(json.dumps(_as_json(result), ensure_ascii=False))

@@ -89,7 +89,8 @@ def test_record_writes_exactly_the_expected_trace(
              "prompt_tokens": 9 + 4 + 10 + SUFFIX_TOKENS, "completion_tokens": 1},
         ],
         "settings": {
-            "model": "hosted_vllm/scripted", "api_base": scripted.api_base, "chunk_size": 4,
+            "model": "hosted_vllm/scripted", "api_base": scripted.api_base,
+            "chat_template_kwargs": {}, "think_markers": ["<think>", "</think>"], "chunk_size": 4,
             "max_tokens": 10, "seed": None, "temperature": 0.6, "top_p": 0.95,
             "probe_suffix": scripted.script.probe_suffix, "probe_max_tokens": 20,
             "probe_temperature": 0.6, "probe_top_p": 0.95,

@@ -31,6 +31,7 @@ class TokenScript:
     probes: list[str]
     vocab: list[str] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
+    renders: list[dict[str, Any]] = field(default_factory=list)  # /tokenize bodies with messages
 
     def ids(self, tokens: list[str]) -> list[int]:
         for token in tokens:
@@ -40,6 +41,7 @@ class TokenScript:
 
     def tokenize(self, body: dict[str, Any]) -> list[int]:
         if "messages" in body:
+            self.renders.append(body)
             return self.ids(RENDERED)
         return self.ids(re.findall(r"\S+\s*", body["prompt"]))
 
@@ -139,3 +141,36 @@ async def test_an_early_exit_closes_the_thinking_before_the_answer(
     assert result["stop_reason"] == "certain"
     assert result["usage"]["answer_tokens"] == 0
     assert result["response"].endswith("r7 \n\n</think>\n\n**Final Answer**\n\n\\[ \\boxed{12} \\]")
+
+
+def test_cli_passes_template_kwargs_and_reports_thinking_and_answer_tokens(
+    token_server: tuple[Endpoint, TokenScript], capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dynasor_graph.cli import main
+
+    endpoint, script = token_server
+    script.stream = ["r0 ", "r1 ", "</think>", "\\boxed{3}"]
+    script.probes = ["3}"]
+    code = main(["solve", "q", "--api-base", endpoint.api_base, "--model", "m", "--chunk-size",
+                 "2", "--chat-template-kwargs", '{"enable_thinking": true}', "--continuation",
+                 "tokens", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert script.renders[0]["chat_template_kwargs"] == {"enable_thinking": True}
+    assert script.renders[0]["add_generation_prompt"] is True
+    assert (out["stop_reason"], out["answer"]) == ("answered", "3")
+    assert (out["thinking_tokens"], out["answer_tokens"]) == (3, 1)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--chat-template-kwargs", "{not json"], "--chat-template-kwargs is not JSON"),
+    (["--chat-template-kwargs", "[1]"], "must be a JSON object"),
+    (["--think-markers", "<think>", " "], "think_markers"),
+])
+def test_cli_refuses_bad_model_flags(flags: list[str], message: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from dynasor_graph.cli import main
+
+    code = main(["solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m", *flags])
+    assert code == 1
+    assert message in capsys.readouterr().err

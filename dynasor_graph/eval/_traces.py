@@ -33,7 +33,9 @@ from ._report import progress_bar, run_workers, running_postfix
 # Settings that change what a trace means; api_base and seed may differ between resumed runs.
 _COMPARED_SETTINGS = ("model", "chunk_size", "max_tokens", "temperature", "top_p",
                       "probe_suffix", "probe_max_tokens", "probe_temperature", "probe_top_p",
-                      "hesitation_words", "system_prompt")
+                      "hesitation_words", "system_prompt", "chat_template_kwargs")
+# What a trace recorded before a setting existed: the setting's default.
+_DEFAULTS: dict[str, Any] = {"chat_template_kwargs": {}}
 
 
 class TraceProbe(BaseModel):
@@ -154,7 +156,9 @@ async def record_trace(endpoint: Endpoint, problem: Problem, config: CoTConfig,
 def _settings(endpoint: Endpoint, config: CoTConfig) -> dict[str, Any]:
     values = config.model_dump(exclude={"certainty_threshold"})
     values["hesitation_words"] = list(config.hesitation_words)
-    return {"model": endpoint.model, "api_base": endpoint.api_base, **values}
+    return {"model": endpoint.model, "api_base": endpoint.api_base,
+            "chat_template_kwargs": endpoint.chat_template_kwargs,
+            "think_markers": list(endpoint.think_markers), **values}
 
 
 def sample_config(config: CoTConfig, sample: int) -> CoTConfig:
@@ -179,7 +183,7 @@ def _resume(out: Path, endpoint: Endpoint, config: CoTConfig) -> set[tuple[str, 
     for trace in load_traces(out):
         recorded = trace.settings.model_dump()
         for key in _COMPARED_SETTINGS:
-            if recorded.get(key) != wanted[key]:
+            if recorded.get(key, _DEFAULTS.get(key)) != wanted[key]:
                 raise DataFormatError(
                     f"{out}: trace {trace.id!r} was recorded with {key}={recorded.get(key)!r}, "
                     f"this run uses {wanted[key]!r}; write to another --out")

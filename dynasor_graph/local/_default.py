@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from .._endpoint import Endpoint
 
@@ -19,13 +20,16 @@ def default_endpoint(
     api_key: str | None = None,
     *,
     timeout_s: float | None = None,
+    **options: Any,
 ) -> Iterator[Endpoint]:
     """Yield the endpoint to use: the arguments, else ``$DYNASOR_API_BASE`` and friends, else the
     embedded SmolLM2 vLLM on ``127.0.0.1:8471`` — reused if it answers, else started for the
-    duration of the ``with`` block and stopped after it."""
+    duration of the ``with`` block and stopped after it. ``options`` are more
+    :class:`Endpoint` fields (``continuation``, ``chat_template_kwargs``, ``think_markers``);
+    ``None`` values are ignored, and every value is validated before a server is started."""
     if api_base or os.environ.get("DYNASOR_API_BASE"):
         yield Endpoint.from_env(model=model, api_base=api_base, api_key=api_key,
-                                timeout_s=timeout_s)
+                                timeout_s=timeout_s, **options)
         return
     if model or api_key:
         raise ValueError("--model and --api-key need --api-base (or $DYNASOR_API_BASE): "
@@ -33,7 +37,8 @@ def default_endpoint(
     from ._server import LocalServer, find_running, wait_if_starting
 
     local = LocalServer(LOCAL_PORT)
-    endpoint = _with_timeout(local.endpoint(), timeout_s)  # a bad timeout fails before a start
+    # A bad timeout or option fails here, before a server is looked for or started.
+    endpoint = _with(local.endpoint(), timeout_s=timeout_s, **options)
     if find_running(local.api_base) or wait_if_starting(LOCAL_PORT):
         yield endpoint
         return
@@ -43,8 +48,9 @@ def default_endpoint(
         yield endpoint
 
 
-def _with_timeout(endpoint: Endpoint, timeout_s: float | None) -> Endpoint:
-    """``endpoint`` with another timeout, validated like any other (no silent 0 or -5)."""
-    if timeout_s is None:
+def _with(endpoint: Endpoint, **values: Any) -> Endpoint:
+    """``endpoint`` with other field values, validated like any other (no silent 0 or -5)."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
         return endpoint
-    return Endpoint.model_validate({**endpoint.model_dump(), "timeout_s": timeout_s})
+    return Endpoint.model_validate({**endpoint.model_dump(), **values})
