@@ -60,7 +60,24 @@ def create_mcts(
     checkpointer: Checkpointer = None,
     name: str = "dynasor_mcts",
 ) -> CompiledStateGraph[TreeState, None, CoTInput, TreeOutput]:
-    """Build the MCTS graph for ``endpoint``, scoring steps with ``reward``."""
+    """Build the MCTS graph.
+
+    Args:
+        endpoint: the vLLM server that generates the steps.
+        reward: scores a (partial) solution in [0, 1] (:mod:`dynasor_graph.rewards`).
+        config: step size, depth, widths, exit thresholds and the token budget; default
+            :class:`MCTSConfig`.
+        checkpointer: LangGraph checkpointer for durable, resumable runs.
+        name: the graph's name (in Studio and as a subgraph).
+
+    Returns:
+        A compiled graph reading ``question`` or ``messages`` and returning
+        :class:`~dynasor_graph.TreeOutput`: the reward-weighted answer, its Certaindex,
+        decision, stop reason, summed usage, the whole tree and the budget left.
+
+    Example:
+        >>> graph = create_mcts(endpoint, JudgeReward(endpoint))  # doctest: +SKIP
+    """
     config = config or MCTSConfig()
 
     def expand_focus(state: TreeState) -> list[Send]:

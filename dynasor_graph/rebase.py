@@ -62,7 +62,24 @@ def create_rebase(
     checkpointer: Checkpointer = None,
     name: str = "dynasor_rebase",
 ) -> CompiledStateGraph[TreeState, None, CoTInput, TreeOutput]:
-    """Build the Rebase graph for ``endpoint``, scoring steps with ``reward``."""
+    """Build the Rebase graph.
+
+    Args:
+        endpoint: the vLLM server that generates the steps.
+        reward: scores a (partial) solution in [0, 1] (:mod:`dynasor_graph.rewards`).
+        config: step size, beam widths, softmax temperature, exit thresholds and the token
+            budget; default :class:`RebaseConfig`.
+        checkpointer: LangGraph checkpointer for durable, resumable runs.
+        name: the graph's name (in Studio and as a subgraph).
+
+    Returns:
+        A compiled graph reading ``question`` or ``messages`` and returning
+        :class:`~dynasor_graph.TreeOutput` (answer, Certaindex, decision, stop reason, usage,
+        the tree, the budget left).
+
+    Example:
+        >>> graph = create_rebase(endpoint, FunctionReward(verify))  # doctest: +SKIP
+    """
     config = config or RebaseConfig()
 
     def expand_frontier(state: TreeState) -> list[Send]:

@@ -123,7 +123,24 @@ def create_sc(
     checkpointer: Checkpointer = None,
     name: str = "dynasor_sc",
 ) -> CompiledStateGraph[SCState, None, CoTInput, SCOutput]:
-    """Build the self-consistency graph: Dynasor-CoT paths, widened while they disagree."""
+    """Build the self-consistency graph: Dynasor-CoT paths, widened while they disagree.
+
+    Args:
+        endpoint: the vLLM (OpenAI-compatible) server every request goes to.
+        config: paths (each a :class:`CoTConfig`), widths, the answer-entropy threshold and
+            the total token budget; default :class:`SCConfig`.
+        checkpointer: LangGraph checkpointer for durable, resumable runs.
+        name: the graph's name (in Studio and as a subgraph).
+
+    Returns:
+        A compiled graph reading ``question`` or ``messages`` and returning
+        :class:`SCOutput`: the majority answer, its Certaindex, decision, stop reason,
+        summed usage, every path and the budget left.
+
+    Example:
+        >>> graph = create_sc(endpoint, SCConfig(width=4, max_width=8))  # doctest: +SKIP
+        >>> result = await graph.ainvoke({"question": "What is 2 + 3?"})  # doctest: +SKIP
+    """
     config = config or SCConfig()
     step_graph = _step_graph(endpoint, config.path)
     finish = finish_node(endpoint)
