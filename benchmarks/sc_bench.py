@@ -45,10 +45,10 @@ def configs(args: argparse.Namespace) -> dict[str, SCConfig]:
                         certainty_threshold=2)
     budget = args.n * (args.max_tokens + 20) + 1  # never binding: every path may finish
     adaptive = {"width": args.detect, "max_width": args.n, "widen_by": args.widen_by,
-                "threshold": args.threshold, "max_total_tokens": budget}
+                "threshold": args.threshold, "token_budget": budget}
     return {
         "fixed": SCConfig(path=plain, width=args.n, max_width=args.n, detect_at=args.n,
-                          max_total_tokens=budget),
+                          token_budget=budget),
         "certaindex": SCConfig.model_validate({"path": plain, **adaptive}),
         "dynasor": SCConfig.model_validate({"path": dynasor, **adaptive}),
     }

@@ -1,7 +1,7 @@
 """Shared pieces of the tree searches (MCTS, Rebase): expand a step, score it, pick the answer.
 
 A tree is a list of :class:`TreeNode` in the state (merged by id, so parallel ``Send``
-expansions each add their own child). A step is one continuation of up to ``step_tokens``
+expansions each add their own child). A step is one continuation of up to ``chunk_size``
 tokens; a node is terminal when the model ended its turn there or at ``max_depth``.
 """
 
@@ -16,6 +16,7 @@ from langgraph.types import Send
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._answers import final_answer
+from ._compat import renamed_fields
 from ._endpoint import Endpoint, extend, render_chat, retry_policy
 from ._state import (
     CoTInput,
@@ -33,7 +34,7 @@ from .rewards import RewardModel
 class TreeConfig(BaseModel):
     """Settings shared by the tree searches (MCTS, Rebase): steps, bounds and exit thresholds.
 
-    A step is up to ``step_tokens`` tokens of the model's own continuation; a path ends when the
+    A step is up to ``chunk_size`` tokens of the model's own continuation; a path ends when the
     model ends its turn or at ``max_depth`` steps. The Certaindex combines the reward measure
     (threshold ``reward_threshold``) and, if ``entropy_threshold`` is set, the answer entropy of
     the finished paths; it may end the run once ``detect_at`` paths have finished.
@@ -41,11 +42,11 @@ class TreeConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    step_tokens: int = Field(default=64, ge=1, le=8192)
+    chunk_size: int = Field(default=64, ge=1, le=8192, description="Tokens of one step at most")
     max_depth: int = Field(default=8, ge=1, le=256)
     width: int = Field(default=2, ge=1, le=256)
     max_width: int = Field(default=4, ge=1, le=256)
-    max_total_tokens: int = Field(
+    token_budget: int = Field(
         default=8192, ge=1, le=10_000_000,
         description="Reasoning tokens of all steps together, never exceeded",
     )
@@ -57,6 +58,12 @@ class TreeConfig(BaseModel):
     top_p: float = Field(default=0.95, gt=0, le=1)
     seed: int | None = None
     system_prompt: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed_fields(data, {"step_tokens": "chunk_size",
+                                     "max_total_tokens": "token_budget"}, cls.__name__)
 
     @model_validator(mode="after")
     def _widths(self) -> TreeConfig:
@@ -116,7 +123,7 @@ async def start(state: TreeState, endpoint: Endpoint, config: TreeConfig) -> dic
     return {"chat": chat, "prompt_ids": await render_chat(endpoint, chat),
             "nodes": [new_node(0, None)],
             "usage": empty_usage(), "certaindex": 0.0, "decision": "continue",
-            "stop_reason": None, "answer": "", "budget_left": config.max_total_tokens,
+            "stop_reason": None, "answer": "", "budget_left": config.token_budget,
             "focus": 0, "frontier": [0], "width": config.width}
 
 
@@ -149,7 +156,7 @@ def children(nodes: list[TreeNode], node_id: int) -> list[TreeNode]:
 
 def expansions(state: TreeState, plan: list[tuple[int, int]], config: TreeConfig) -> list[Send]:
     """``Send`` one ``expand`` task per new child in ``plan`` (parent id, children), each with
-    an equal share of the budget left, at most ``step_tokens``; the plan is trimmed so every
+    an equal share of the budget left, at most ``chunk_size``; the plan is trimmed so every
     child gets at least one token, so the total budget is never exceeded."""
     affordable = state["budget_left"]
     trimmed: list[tuple[int, int]] = []
@@ -160,7 +167,7 @@ def expansions(state: TreeState, plan: list[tuple[int, int]], config: TreeConfig
     wanted = sum(count for _, count in trimmed)
     if wanted == 0:
         return []
-    share = min(config.step_tokens, state["budget_left"] // wanted)
+    share = min(config.chunk_size, state["budget_left"] // wanted)
     by_id = {n["id"]: n for n in state["nodes"]}
     next_id = max(by_id) + 1
     sends: list[Send] = []
@@ -217,7 +224,7 @@ def evaluate_node(reward: RewardModel, config: TreeConfig) -> Any:
         by_id = {n["id"]: n for n in [*nodes, *scored]}
         usage = sum_usage(n["usage"] for n in by_id.values())
         return {"nodes": scored, "usage": usage,
-                "budget_left": config.max_total_tokens - usage["reasoning_tokens"]}
+                "budget_left": config.token_budget - usage["reasoning_tokens"]}
 
     return evaluate
 

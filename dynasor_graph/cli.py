@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     solve.add_argument("--width", type=int, help="sc: first paths; mcts: children per "
                        "expansion; rebase: first beam width")
     solve.add_argument("--max-width", type=int, help="most paths / children / beam width")
-    solve.add_argument("--budget", type=int,
+    solve.add_argument("--token-budget", "--budget", dest="budget", type=int,
                        help="sc, mcts, rebase: total generated tokens, never exceeded")
     solve.add_argument("--reward-api-base", help="mcts, rebase: a vLLM classifier reward "
                        "model at this URL (default: an LLM judge on the same endpoint)")
@@ -162,7 +162,7 @@ def _config(args: argparse.Namespace) -> BaseModel:
         temperature=args.temperature,
         seed=args.seed,
     )
-    shape = {"width": args.width, "max_width": args.max_width, "max_total_tokens": args.budget}
+    shape = {"width": args.width, "max_width": args.max_width, "token_budget": args.budget}
     shape = {k: v for k, v in shape.items() if v is not None}
     if args.algorithm in ("cot", "sc") and (args.reward_api_base or args.reward_model):
         raise ValueError("--reward-api-base and --reward-model apply to mcts and rebase")
@@ -170,14 +170,14 @@ def _config(args: argparse.Namespace) -> BaseModel:
         raise ValueError("--reward-api-base and --reward-model go together")
     if args.algorithm == "cot":
         if shape:
-            raise ValueError("--width, --max-width and --budget apply to sc, mcts and rebase")
+            raise ValueError("--width, --max-width and --token-budget apply to sc, mcts and rebase")
         return cot
     if args.algorithm not in ("cot", "sc") and (args.threshold or args.max_tokens):
         raise ValueError("--threshold and --max-tokens apply to cot and sc paths; "
-                         "trees take --budget")
+                         "trees take --token-budget")
     if args.algorithm == "sc":
         return SCConfig.model_validate({"path": cot, **shape})
-    tree = {"step_tokens": args.chunk_size, "temperature": args.temperature, "seed": args.seed}
+    tree = {"chunk_size": args.chunk_size, "temperature": args.temperature, "seed": args.seed}
     tree.update(shape)
     config_class = MCTSConfig if args.algorithm == "mcts" else RebaseConfig
     return config_class.model_validate({k: v for k, v in tree.items() if v is not None})

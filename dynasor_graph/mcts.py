@@ -2,7 +2,7 @@
 where they are good, and stops once the finished paths' rewards are high.
 
 ``select`` walks from the root by UCT to an open leaf (the focus); ``expand`` adds ``width``
-children there, one ``Send`` each (a step of up to ``step_tokens`` tokens); ``evaluate`` scores
+children there, one ``Send`` each (a step of up to ``chunk_size`` tokens); ``evaluate`` scores
 them with a :class:`~dynasor_graph.rewards.RewardModel`; ``backpropagate`` adds the rewards to
 their ancestors and routes on the reward Certaindex (mean reward of the finished paths, AND
 their answer entropy if ``entropy_threshold`` is set): **exit** once ``detect_at`` paths have
@@ -127,7 +127,7 @@ def create_mcts(
     )
     builder.add_conditional_edges("select", after_select, {"exit": "finish", "expand": "expand"})
     graph = builder.compile(checkpointer=checkpointer, name=name)
-    expansions_max = config.max_total_tokens  # each expansion spends at least one token
+    expansions_max = config.token_budget  # each expansion spends at least one token
     return graph.with_config(recursion_limit=4 * expansions_max + 10)
 
 

@@ -6,7 +6,7 @@ a Dynasor-CoT path, which may exit on its own probes). ``score`` then computes t
 entropy Certaindex of the finished paths and routes: **exit** once ``detect_at`` paths have
 finished and it reaches ``threshold`` (answer = the majority class); **continue** the paths
 still reasoning; when all have finished below the threshold, **widen** by ``widen_by`` new
-paths (``add_paths``), up to ``max_width``. ``max_total_tokens`` bounds the generated tokens
+paths (``add_paths``), up to ``max_width``. ``token_budget`` bounds the generated tokens
 of all paths together::
 
     START → prepare ─Send→ step … → score ─continue─Send→ step
@@ -29,6 +29,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer, Send
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ._compat import renamed_fields
 from ._endpoint import Endpoint, render_chat, retry_policy
 from ._state import (
     CoTInput,
@@ -68,10 +69,15 @@ class SCConfig(BaseModel):
         default=None, ge=1, le=256, description="Finished paths needed to exit (default width)"
     )
     threshold: float = Field(default=0.7, gt=0, le=1, description="Answer-entropy Certaindex")
-    max_total_tokens: int = Field(
+    token_budget: int = Field(
         default=16384, ge=1, le=10_000_000,
         description="Generated tokens (reasoning + probes) of all paths together, never exceeded",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed_fields(data, {"max_total_tokens": "token_budget"}, cls.__name__)
 
     @model_validator(mode="after")
     def _widths(self) -> SCConfig:
@@ -79,8 +85,8 @@ class SCConfig(BaseModel):
             raise ValueError("width must not exceed max_width")
         if self.detect_at is not None and self.detect_at > self.max_width:
             raise ValueError("detect_at must not exceed max_width")
-        if self.max_total_tokens < self.width * (self.path.probe_max_tokens + 1):
-            raise ValueError("max_total_tokens must pay each first path a token and a probe")
+        if self.token_budget < self.width * (self.path.probe_max_tokens + 1):
+            raise ValueError("token_budget must pay each first path a token and a probe")
         return self
 
     @property
@@ -153,7 +159,7 @@ def create_sc(
         return {"chat": chat, "prompt_ids": prompt_ids, "paths": paths,
                 "usage": empty_usage(), "certaindex": 0.0,
                 "decision": "continue", "stop_reason": None, "answer": "",
-                "budget_left": config.max_total_tokens}
+                "budget_left": config.token_budget}
 
     async def step(state: PathTask) -> dict[str, Any]:
         path = state["path"]
@@ -246,7 +252,7 @@ def _finished(path: PathState) -> bool:
 
 
 def _budget_left(paths: list[PathState], config: SCConfig) -> int:
-    return config.max_total_tokens - sum(generated_tokens(p["usage"]) for p in paths)
+    return config.token_budget - sum(generated_tokens(p["usage"]) for p in paths)
 
 
 def _allocate(paths: list[PathState], config: SCConfig) -> list[PathState]:

@@ -16,7 +16,7 @@ them in its run store), so a secret there would be written down in plain text: a
 
 Graphs: ``dynasor_cot`` (configurable ``effort``, ``max_tokens``, ``chunk_size``,
 ``certainty_threshold``), ``dynasor_sc``, ``dynasor_mcts`` and ``dynasor_rebase`` (configurable
-``width``, ``max_width``, ``max_total_tokens``, ``seed``; the tree searches score steps with an
+``width``, ``max_width``, ``token_budget``, ``seed``; the tree searches score steps with an
 LLM judge on the same endpoint), ``agent`` (``create_agent`` with early stop; ``tool_choice``
 ``none`` for servers without a tool-call parser) and ``agent_graph`` (the same loop by hand).
 """
@@ -118,7 +118,7 @@ def dynasor_cot(config: RunnableConfig) -> CompiledStateGraph[CoTState, None, Co
 
 def _shape(config: RunnableConfig) -> dict[str, Any]:
     options = _configurable(config)
-    return {k: options[k] for k in ("width", "max_width", "max_total_tokens", "seed")
+    return {k: options[k] for k in ("width", "max_width", "token_budget", "seed")
             if options.get(k) is not None}
 
 
@@ -134,14 +134,14 @@ def dynasor_sc(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, Any]
 def dynasor_mcts(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, Any]:
     """MCTS scored by an LLM judge on the same endpoint."""
     endpoint = endpoint_from(config)
-    settings = MCTSConfig.model_validate({"step_tokens": 32, "max_depth": 4, **_shape(config)})
+    settings = MCTSConfig.model_validate({"chunk_size": 32, "max_depth": 4, **_shape(config)})
     return create_mcts(endpoint, JudgeReward(endpoint), settings)
 
 
 def dynasor_rebase(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Rebase scored by an LLM judge on the same endpoint."""
     endpoint = endpoint_from(config)
-    settings = RebaseConfig.model_validate({"step_tokens": 32, "max_depth": 4, **_shape(config)})
+    settings = RebaseConfig.model_validate({"chunk_size": 32, "max_depth": 4, **_shape(config)})
     return create_rebase(endpoint, JudgeReward(endpoint), settings)
 
 

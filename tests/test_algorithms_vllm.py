@@ -40,7 +40,7 @@ def prompted(usage: dict[str, int]) -> int:
 
 async def test_sc_on_vllm_accounts_every_token(local_vllm: Endpoint) -> None:
     path = CoTConfig(chunk_size=32, certainty_threshold=2, max_tokens=96, seed=0)
-    config = SCConfig(path=path, width=2, max_width=3, max_total_tokens=400)
+    config = SCConfig(path=path, width=2, max_width=3, token_budget=400)
     result, gen, prompt = await run_and_count(local_vllm, "sc", config)
     usage = result["usage"]
     assert result["stop_reason"] in {"certain", "width", "budget"}
@@ -54,8 +54,8 @@ async def test_sc_on_vllm_accounts_every_token(local_vllm: Endpoint) -> None:
 
 
 async def test_mcts_on_vllm_with_an_llm_judge_accounts_every_token(local_vllm: Endpoint) -> None:
-    config = MCTSConfig(step_tokens=32, width=2, max_width=2, max_depth=3,
-                        max_total_tokens=160, seed=0)
+    config = MCTSConfig(chunk_size=32, width=2, max_width=2, max_depth=3,
+                        token_budget=160, seed=0)
     result, gen, prompt = await run_and_count(local_vllm, "mcts", config)
     usage = result["usage"]
     assert result["stop_reason"] in {"certain", "budget", "exhausted"}
@@ -70,8 +70,8 @@ async def test_mcts_on_vllm_with_an_llm_judge_accounts_every_token(local_vllm: E
 async def test_rebase_on_vllm_with_an_llm_judge_accounts_every_token(
     local_vllm: Endpoint,
 ) -> None:
-    config = RebaseConfig(step_tokens=32, width=2, max_width=4, widen_by=2, max_depth=3,
-                          max_total_tokens=200, seed=0)
+    config = RebaseConfig(chunk_size=32, width=2, max_width=4, widen_by=2, max_depth=3,
+                          token_budget=200, seed=0)
     result, gen, prompt = await run_and_count(local_vllm, "rebase", config)
     usage = result["usage"]
     assert result["stop_reason"] in {"certain", "budget", "exhausted", "width"}

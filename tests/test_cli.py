@@ -69,7 +69,7 @@ def test_solve_reads_the_environment_and_shows_probes(scripted: ScriptedServer) 
           "--algorithm", "mcts", "--reward-api-base", "http://127.0.0.1:9/v1"],
          "go together"),
         (["solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
-          "--algorithm", "rebase", "--max-tokens", "9"], "trees take --budget"),
+          "--algorithm", "rebase", "--max-tokens", "9"], "trees take --token-budget"),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:

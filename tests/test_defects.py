@@ -295,7 +295,7 @@ def test_studio_refuses_a_secret_in_configurable(
 
 
 def test_studio_leaves_settings_and_copied_headers_alone(studio: ModuleType) -> None:
-    studio.refuse_secrets({"max_tokens": 9, "max_total_tokens": 9, "thread_id": "t",
+    studio.refuse_secrets({"max_tokens": 9, "token_budget": 9, "thread_id": "t",
                            "x-request-id": "r", "langgraph_auth_user_id": "u",
                            "api_base": "http://127.0.0.1:9/v1", "model": "m"})
 

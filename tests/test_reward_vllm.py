@@ -42,7 +42,7 @@ async def test_mcts_scored_by_the_served_classifier(
     local_vllm: Endpoint, classifier: Endpoint
 ) -> None:
     reward = ClassifierReward(classifier, template=JUDGE_PROMPT)
-    config = MCTSConfig(step_tokens=32, width=2, max_width=2, max_depth=2, max_total_tokens=128,
+    config = MCTSConfig(chunk_size=32, width=2, max_width=2, max_depth=2, token_budget=128,
                         seed=0)
     before = counters(classifier)["vllm:prompt_tokens"]
     result = await create_mcts(local_vllm, reward, config).ainvoke({"question": QUESTION})

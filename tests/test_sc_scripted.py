@@ -107,7 +107,7 @@ async def test_total_budget_holds_and_paths_answer_with_their_last_probe(
     scripted: ScriptedServer, scripted_endpoint: Endpoint
 ) -> None:
     scripted.script.seeds = {SEED + i: endless_script(str(i % 2)) for i in range(4)}
-    cfg = config(path_threshold=64, width=2, max_width=4, max_total_tokens=30)
+    cfg = config(path_threshold=64, width=2, max_width=4, token_budget=30)
     result, _ = await run(scripted_endpoint, cfg)
     usage = result["usage"]
     assert usage["reasoning_tokens"] + usage["probe_completion_tokens"] <= 30

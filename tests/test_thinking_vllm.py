@@ -111,7 +111,7 @@ async def test_cot_continues_token_exactly_and_probes_hit_the_cache(
 
 async def test_sc_paths_share_one_rendered_prompt(templated: Endpoint) -> None:
     path = CoTConfig(chunk_size=24, max_tokens=72, certainty_threshold=64, seed=1)
-    config = SCConfig(path=path, width=2, max_width=2, detect_at=2, max_total_tokens=400)
+    config = SCConfig(path=path, width=2, max_width=2, detect_at=2, token_budget=400)
     first, suffix = rendered_length(templated), suffix_length(templated)
     before = counters(templated)
     result = await create_sc(templated, config).ainvoke({"question": QUESTION})

@@ -67,7 +67,7 @@ async def test_mcts_goes_deeper_on_the_best_child_and_exits_on_a_high_reward(
 ) -> None:
     scripted.script.seeds = {SEED + 1: child(1), SEED + 2: child(2),
                              SEED + 3: child(3, ends_at=6), SEED + 4: child(4)}
-    config = MCTSConfig(width=2, max_width=3, step_tokens=3, max_depth=4, detect_at=1,
+    config = MCTSConfig(width=2, max_width=3, chunk_size=3, max_depth=4, detect_at=1,
                         reward_threshold=0.9, seed=SEED)
     graph = create_mcts(scripted_endpoint, by_last_step({1: .8, 2: .3, 3: .95, 4: .2}), config)
     result, decisions = await run(graph, "backpropagate")
@@ -84,7 +84,7 @@ async def test_mcts_widens_where_all_children_score_low(
 ) -> None:
     scripted.script.seeds = {SEED + k: child(k) for k in (1, 2, 3, 5)} | {
         SEED + 4: child(4, ends_at=6)}
-    config = MCTSConfig(width=2, max_width=3, step_tokens=3, max_depth=4, detect_at=1,
+    config = MCTSConfig(width=2, max_width=3, chunk_size=3, max_depth=4, detect_at=1,
                         reward_threshold=0.9, seed=SEED)
     rewards = {1: .1, 2: .2, 3: .7, 4: .95, 5: .3}
     result, decisions = await run(create_mcts(scripted_endpoint, by_last_step(rewards), config),
@@ -98,7 +98,7 @@ async def test_mcts_never_exceeds_its_token_budget(
     scripted: ScriptedServer, scripted_endpoint: Endpoint
 ) -> None:
     scripted.script.seeds = {SEED + k: child(k) for k in range(1, 40)}
-    config = MCTSConfig(width=2, max_width=2, step_tokens=3, max_depth=8, max_total_tokens=10,
+    config = MCTSConfig(width=2, max_width=2, chunk_size=3, max_depth=8, token_budget=10,
                         seed=SEED)
     result, decisions = await run(
         create_mcts(scripted_endpoint, FunctionReward(lambda _q, _s: 0.6), config),
@@ -112,7 +112,7 @@ async def test_mcts_stops_when_the_tree_is_exhausted(
     scripted: ScriptedServer, scripted_endpoint: Endpoint
 ) -> None:
     scripted.script.seeds = {SEED + k: child(k, ends_at=2, answer=str(k)) for k in (1, 2)}
-    config = MCTSConfig(width=2, max_width=2, step_tokens=3, seed=SEED)
+    config = MCTSConfig(width=2, max_width=2, chunk_size=3, seed=SEED)
     result, _ = await run(
         create_mcts(scripted_endpoint, by_last_step({1: .1, 2: .2}), config), "backpropagate")
     assert result["stop_reason"] == "exhausted"
@@ -124,7 +124,7 @@ async def test_rebase_shares_its_beam_by_softmax_reward(
 ) -> None:
     scripted.script.seeds = {SEED + k: child(k) for k in (1, 2, 3, 4, 7, 8)} | {
         SEED + 5: child(5, ends_at=6), SEED + 6: child(6, ends_at=6)}
-    config = RebaseConfig(width=4, max_width=8, step_tokens=3, max_depth=4, detect_at=2,
+    config = RebaseConfig(width=4, max_width=8, chunk_size=3, max_depth=4, detect_at=2,
                           reward_threshold=0.9, softmax_temperature=0.2, widen_below=0.0,
                           seed=SEED)
     rewards = {1: .9, 2: .1, 3: .1, 4: .1, 5: .95, 6: .95, 7: .5, 8: .5}
@@ -142,7 +142,7 @@ async def test_rebase_widens_its_beam_while_rewards_are_spread(
 ) -> None:
     scripted.script.seeds = {SEED + k: child(k) for k in range(1, 5)} | {
         SEED + k: child(k, ends_at=6) for k in range(5, 13)}
-    config = RebaseConfig(width=4, max_width=8, widen_by=4, step_tokens=3, max_depth=4,
+    config = RebaseConfig(width=4, max_width=8, widen_by=4, chunk_size=3, max_depth=4,
                           detect_at=2, reward_threshold=0.9, widen_below=0.5, seed=SEED)
     rewards = {k: .5 for k in range(1, 5)} | {k: .95 for k in range(5, 13)}
     result, decisions = await run(
