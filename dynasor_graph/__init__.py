@@ -28,7 +28,7 @@ from ._errors import (
     ServerBusy,
     ServerRefused,
 )
-from ._probe import ProbeSettings
+from ._probe import ProbeConfig, ProbeSettings
 from ._state import CoTInput, Probe, Usage, add_usage
 from ._tree import TreeOutput
 from .certaindex import Decision, StopReason
@@ -62,6 +62,7 @@ __all__ = [
     "LocalServerError",
     "MCTSConfig",
     "Probe",
+    "ProbeConfig",
     "ProbeSettings",
     "RebaseConfig",
     "SCConfig",

@@ -25,7 +25,7 @@ DEFAULT_PROBE_SUFFIX = (
 )
 
 
-class ProbeSettings(BaseModel):
+class ProbeConfig(BaseModel):
     """How a probe asks for the answer now and reads it: shared by Dynasor-CoT and the agent
     early stop, which differ only in their suffix and stopping rules."""
 
@@ -37,6 +37,10 @@ class ProbeSettings(BaseModel):
     probe_top_p: float = Field(default=0.95, gt=0, le=1)
     hesitation_words: tuple[str, ...] = HESITATION_WORDS
     seed: int | None = Field(default=None, description="Sampling seed passed to the server")
+
+
+ProbeSettings = ProbeConfig
+"""The name :class:`ProbeConfig` had before 0.2 (every settings class is now a ``*Config``)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ async def ask_probe(
     endpoint: Endpoint,
     chat: list[Message],
     prefix: str,
-    settings: ProbeSettings,
+    settings: ProbeConfig,
     *,
     seed: int | None = None,
     tools: Sequence[dict[str, Any]] = (),

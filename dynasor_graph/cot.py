@@ -32,7 +32,7 @@ from pydantic import Field
 
 from ._answers import final_answer
 from ._endpoint import Completion, Endpoint, extend, render_chat, retry_policy
-from ._probe import ProbeSettings, ask_probe, emit_probe_event
+from ._probe import ProbeConfig, ask_probe, emit_probe_event
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
 from .certaindex import Decision, StopReason, probe_agreement, route_on
 
@@ -50,7 +50,7 @@ EFFORT_PRESETS: dict[str, tuple[int, int]] = {
 FINAL_ANSWER_HEADER = "**Final Answer**\n\n\\[ \\boxed{"
 
 
-class CoTConfig(ProbeSettings):
+class CoTConfig(ProbeConfig):
     """How Dynasor-CoT reasons, probes and stops. Defaults are the reference's (effort ``mid``)."""
 
     chunk_size: int = Field(default=64, ge=1, le=8192, description="Tokens reasoned between probes")

@@ -17,7 +17,8 @@ import dynasor_graph.local
 ROOT = [
     "ALGORITHMS", "Algorithm", "CoTConfig", "CoTInput", "CoTOutput", "CoTState",
     "DataFormatError", "Decision", "DynasorError", "Endpoint", "EndpointError",
-    "EndpointUnreachable", "LocalServerError", "MCTSConfig", "Probe", "ProbeSettings",
+    "EndpointUnreachable", "LocalServerError", "MCTSConfig", "Probe", "ProbeConfig",
+    "ProbeSettings",
     "RebaseConfig", "SCConfig", "SCOutput", "Scheduler", "SchedulerConfig", "ServerBusy",
     "ServerRefused", "StopReason", "TreeOutput", "Usage", "add_usage", "certaindex",
     "certaindex_condition", "create_cot", "create_dynasor_cot", "create_graph", "create_mcts",
