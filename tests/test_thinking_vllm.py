@@ -17,11 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dynasor_graph import CoTConfig, Endpoint, SCConfig, create_cot, create_sc
 from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
 from dynasor_graph.eval import Problem
+from dynasor_graph.eval._metrics import counter_delta as delta
+from dynasor_graph.eval._metrics import server_counters
 from dynasor_graph.eval._traces import record_trace
 from dynasor_graph.local import SERVED_MODEL_NAME, LocalServer
 
@@ -41,19 +42,7 @@ def templated(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
 
 
 def counters(endpoint: Endpoint) -> dict[str, float]:
-    text = httpx.get(endpoint.server_root + "/metrics", timeout=10).text
-    wanted = {"vllm:prompt_tokens", "vllm:generation_tokens", "vllm:prefix_cache_hits",
-              "vllm:prefix_cache_queries"}
-    totals = dict.fromkeys(wanted, 0.0)
-    for family in text_string_to_metric_families(text):
-        if family.name in wanted:
-            totals[family.name] += sum(s.value for s in family.samples
-                                       if s.name.endswith("_total"))
-    return totals
-
-
-def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {key: after[key] - before[key] for key in before}
+    return server_counters(endpoint.server_root)
 
 
 def rendered_length(endpoint: Endpoint, question: str = QUESTION) -> int:

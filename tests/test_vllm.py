@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dynasor_graph import CoTConfig, Endpoint, ServerRefused, create_cot
+from dynasor_graph.eval._metrics import server_counters
 
 pytestmark = pytest.mark.vllm
 
@@ -26,15 +25,7 @@ QUESTION = "Tom has 3 boxes with 4 apples in each box. How many apples does Tom 
 
 def counters(endpoint: Endpoint) -> dict[str, float]:
     """vLLM's token and prefix-cache counters, summed over label sets."""
-    text = httpx.get(endpoint.api_base.removesuffix("/v1") + "/metrics", timeout=10).text
-    wanted = {"vllm:prompt_tokens", "vllm:generation_tokens", "vllm:prefix_cache_hits",
-              "vllm:prefix_cache_queries"}
-    totals = dict.fromkeys(wanted, 0.0)
-    for family in text_string_to_metric_families(text):
-        if family.name in wanted:
-            totals[family.name] += sum(s.value for s in family.samples
-                                       if s.name.endswith("_total"))
-    return totals
+    return server_counters(endpoint.server_root)
 
 
 async def run(endpoint: Endpoint, config: CoTConfig, question: str = QUESTION) -> dict[str, Any]:
