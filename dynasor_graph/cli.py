@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
                        choices=["consistent_hash", "round_robin", "cache_aware", "power_of_two",
                                 "random"],
                        help="with --replicas: consistent_hash keys on X-Session-ID (the thread)")
+    serve.add_argument("--scheduling-policy", choices=["fcfs", "priority"], default="fcfs",
+                       help="vLLM's waiting queue: fcfs (default) or priority, which orders it "
+                       "by each request's priority (lower first): what SchedulerConfig("
+                       "mode='vllm_priority') sends")
+    serve.add_argument("--max-num-seqs", type=int,
+                       help="requests vLLM runs at once (its default otherwise); the rest wait "
+                       "in its queue, where --scheduling-policy orders them")
 
     record = commands.add_parser(
         "record", help="reason to the budget probing after every chunk; write probe traces")
@@ -104,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--scheduler", choices=["fifo", "certaindex"],
                        help="run every program through one scheduler: request-level fifo or "
                        "Certaindex program priority; --concurrency then caps the requests")
+    bench.add_argument("--scheduler-mode", choices=["queue", "vllm_priority", "both"],
+                       default="queue",
+                       help="queue (default): the in-process admission queue; vllm_priority: "
+                       "every request carries the policy's priority to a server started with "
+                       "--scheduling-policy priority, no in-process queue; both")
     bench.add_argument("--arrival-rate", type=float,
                        help="programs arriving per second (default: all at once; implies fifo)")
     bench.add_argument("--deadline-s", type=float,
@@ -346,8 +358,10 @@ def _bench(args: argparse.Namespace, problems: list[Problem],
 
     scheduler = None
     if args.scheduler or args.arrival_rate:
-        scheduler = SchedulerConfig(policy=args.scheduler or "fifo",
+        scheduler = SchedulerConfig(policy=args.scheduler or "fifo", mode=args.scheduler_mode,
                                     max_in_flight=args.concurrency)
+    elif args.scheduler_mode != "queue":
+        raise ValueError("--scheduler-mode needs --scheduler")
     with default_endpoint(args.model, args.api_base, args.api_key, timeout_s=args.timeout,
                           **_endpoint_options(args)) as endpoint:
         rows, summary = asyncio.run(run_bench(
@@ -355,6 +369,45 @@ def _bench(args: argparse.Namespace, problems: list[Problem],
             concurrency=args.concurrency, progress=True, scheduler=scheduler,
             arrival_rate=args.arrival_rate, deadline_s=args.deadline_s))
     return rows, summary, endpoint.model.split("/", 1)[-1]
+
+
+def _vllm_args(args: argparse.Namespace) -> list[str]:
+    """The vLLM flags ``serve-local`` passes on (none by default)."""
+    if args.max_num_seqs is not None and args.max_num_seqs < 1:
+        raise ValueError("--max-num-seqs must be at least 1")
+    flags = ["--scheduling-policy", "priority"] if args.scheduling_policy == "priority" else []
+    if args.max_num_seqs is not None:
+        flags += ["--max-num-seqs", str(args.max_num_seqs)]
+    return flags
+
+
+def _serve_with(port: int, classifier: bool, vllm_args: list[str]) -> None:
+    """``serve_forever`` with more vLLM flags: one line (the ``/v1`` base) once it answers,
+    then serve until SIGINT or SIGTERM."""
+    import signal
+    import time
+
+    from ._errors import LocalServerError
+    from .local._server import LocalServer, _failure
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = LocalServer(port, classifier=classifier, extra_args=vllm_args)
+    try:
+        server.start()
+        print(server.api_base, flush=True)
+        while server.running:
+            time.sleep(0.5)
+        raise LocalServerError(f"the local vLLM server exited unexpectedly"
+                               f"{_failure(server.log_path)}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -368,6 +421,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .local._server import serve_forever
 
             default_port = LOCAL_PORT + 1 if args.classifier else LOCAL_PORT
+            vllm_args = _vllm_args(args)
+            if vllm_args:
+                if args.replicas > 1:
+                    raise ValueError("--scheduling-policy and --max-num-seqs apply to one server "
+                                     "(not yet to --replicas)")
+                _serve_with(args.port or default_port, args.classifier, vllm_args)
+                return 0
             if args.replicas > 1:
                 from .local._fleet import serve_fleet_forever
 

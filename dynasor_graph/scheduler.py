@@ -6,12 +6,18 @@ it): before every model call the adapter awaits an admission slot, and the serve
 is reported back after it. The graphs
 are not changed; the scheduler learns each program's Certaindex from the run's ``values`` stream.
 
-* **in-flight cap**: at most ``max_in_flight`` requests reach the server at once.
-* **program-level priority** (``policy="certaindex"``; ``"fifo"`` is request-level FIFO): the
-  waiting request of the program closest to finishing goes first — approximate SJF on
-  ``(1 - certaindex) * tokens left in its budget`` — and all waiting requests of one program
-  go before any of the next (gang). A request waiting longer than ``starvation_s`` goes ahead
-  of every fresher one (priority escalation).
+* **where the order is enforced** (``mode``): ``"queue"`` — an in-process admission queue lets
+  at most ``max_in_flight`` requests reach the server at once, best first; ``"vllm_priority"``
+  — no queue: every request goes out at once carrying the policy's order in vLLM's ``priority``
+  field (lower runs first; serve with ``--scheduling-policy priority``), so any number of client
+  processes share one policy through the server with no coordinator; ``"both"``.
+* **order** (``policy``): ``"fifo"`` is request arrival order. ``"certaindex"`` moves the
+  request of a program close to finishing ahead of requests sent up to ``starvation_s``
+  earlier: its key is its send time minus ``starvation_s * closeness``, where
+  ``closeness = 1 - (1 - certaindex) * share of its budget left`` (approximate SRPT). A
+  program whose closeness is below ``signal_below`` (no probe has agreed yet, no budget
+  spent) keeps its FIFO place: where the Certaindex says nothing, the order *is* FIFO. No
+  request is overtaken by one sent more than ``starvation_s`` after it (starvation guard).
 * **budgets**: each program may generate ``program_budget`` tokens (reasoning + probes); what a
   program did not use returns to a pool that uncertain programs borrow from
   (``reallocate``), all within ``global_token_budget``. A program stops before a request whose
@@ -34,6 +40,7 @@ import asyncio
 import functools
 import inspect
 import itertools
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -41,11 +48,16 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._endpoint import admission
+from ._endpoint import admission, request_tags
 
 Policy = Literal["fifo", "certaindex"]
+Mode = Literal["queue", "vllm_priority", "both"]
 SchedulerStop = Literal["budget", "timeout", "abstained"]
 T = TypeVar("T")
+
+PRIORITY_EPOCH = 1_735_689_600.0
+"""2025-01-01 UTC: vLLM priorities are deciseconds since then (a 32-bit int until 2031), so
+the priorities of all client processes on one machine (one clock) compare."""
 
 
 class SchedulerConfig(BaseModel):
@@ -54,7 +66,11 @@ class SchedulerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     policy: Policy = Field(default="certaindex", description="request-level fifo or certaindex")
-    max_in_flight: int = Field(default=4, ge=1, le=4096, description="requests at the server")
+    mode: Mode = Field(
+        default="queue", description="queue: in-process admission queue; vllm_priority: "
+        "vLLM's priority field on every request, no queue; both")
+    max_in_flight: int = Field(default=4, ge=1, le=4096,
+                               description="requests at the server (queue and both)")
     program_budget: int | None = Field(
         default=None, ge=1, description="tokens a program may generate (reasoning + probes)")
     global_token_budget: int | None = Field(
@@ -65,7 +81,11 @@ class SchedulerConfig(BaseModel):
         default=None, gt=0, le=1, description="share of the budget after which hopeless stop")
     abstain_below: float = Field(default=0.5, ge=0, le=1, description="hopeless: Certaindex below")
     timeout_s: float | None = Field(default=None, gt=0, description="wall-clock limit a program")
-    starvation_s: float = Field(default=30.0, gt=0, description="waits beyond this escalate")
+    starvation_s: float = Field(
+        default=30.0, gt=0, description="the most a request can be overtaken by: requests sent "
+        "later than this after it never go first")
+    signal_below: float = Field(
+        default=0.5, ge=0, le=1, description="closeness below this is no signal: FIFO place")
 
     @model_validator(mode="after")
     def _budgets(self) -> SchedulerConfig:
@@ -149,6 +169,8 @@ class Scheduler:
         self._pool = self.config.global_token_budget or 0
         self.admission_log: deque[str] = deque(maxlen=10_000)
         """Program ids in the order their requests were admitted, the latest 10 000."""
+        self.priority_log: deque[tuple[str, int]] = deque(maxlen=10_000)
+        """``(program id, priority)`` of the requests tagged for vLLM, the latest 10 000."""
 
     @property
     def in_flight(self) -> int:
@@ -174,6 +196,8 @@ class Scheduler:
         program = _Program(id=program_id or f"program-{seq}", seq=seq, start=start,
                            limit=self._allot(), deadline=start + limit if limit else None)
         token = admission.set(functools.partial(self._admit, program))
+        tags = request_tags.set(functools.partial(self._tags, program)
+                                if self.config.mode != "queue" else None)
         state: dict[str, Any] = {}
         try:
             async with asyncio.timeout_at(program.deadline):
@@ -186,6 +210,7 @@ class Scheduler:
                 raise
             program.stop = "timeout"
         finally:
+            request_tags.reset(tags)
             admission.reset(token)
             self._finish(program)
         output = dict(state)
@@ -282,21 +307,41 @@ class Scheduler:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while self._waiting and self._in_flight < self.config.max_in_flight:
+        cap = self.config.max_in_flight if self.config.mode != "vllm_priority" else None
+        while self._waiting and (cap is None or self._in_flight < cap):
             waiter = min(self._waiting, key=self._priority)
             self._waiting.remove(waiter)
             self._in_flight += 1
             self.admission_log.append(waiter.program.id)
             waiter.ready.set_result(None)
 
+    def closeness(self, program: _Program) -> float:
+        """How close ``program`` is to finishing, 0 to 1: ``1 - (1 - certaindex) * share of
+        its budget left`` (without a budget: its Certaindex); 0 below ``signal_below``."""
+        config = self.config
+        if config.policy == "fifo":
+            return 0.0
+        left = 1.0
+        if program.limit:
+            left = min(max(program.limit - program.spent, 0) / program.limit, 1.0)
+        close = 1.0 - (1.0 - program.certaindex) * left
+        return close if close >= config.signal_below and close > 0 else 0.0
+
+    def _advance(self, program: _Program) -> float:
+        """Seconds a request of ``program`` goes ahead of its arrival place (0 under fifo)."""
+        return self.config.starvation_s * self.closeness(program)
+
     def _priority(self, waiter: _Waiter) -> tuple[float, ...]:
-        """Smaller goes first: request order (fifo), or escalation, then approximate SJF."""
-        if self.config.policy == "fifo":
-            return (waiter.seq,)
-        program = waiter.program
-        escalated = self._now() - waiter.since >= self.config.starvation_s
-        if escalated:
-            return (0, waiter.seq)
-        left = (program.limit - program.spent) if program.limit is not None else 1
-        return (1, (1 - program.certaindex) * max(left, 0), -program.spent, program.seq,
-                waiter.seq)
+        """Smaller goes first: send time, advanced by the program's closeness (module doc)."""
+        return (waiter.since - self._advance(waiter.program), waiter.seq)
+
+    def priority(self, program: _Program) -> int:
+        """The vLLM ``priority`` of a request of ``program`` sent now: its key in deciseconds
+        since :data:`PRIORITY_EPOCH` (wall clock, so every process on the host agrees)."""
+        return int((time.time() - PRIORITY_EPOCH - self._advance(program)) * 10)
+
+    def _tags(self, program: _Program, max_tokens: int) -> dict[str, Any]:
+        """The request-tagging hook: vLLM's ``priority`` for the program's next request."""
+        priority = self.priority(program)
+        self.priority_log.append((program.id, priority))
+        return {"priority": priority}

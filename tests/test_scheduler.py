@@ -65,9 +65,29 @@ async def test_certaindex_policy_finishes_the_settling_program_first_fifo_round_
         logs[policy] = "".join(p[-1] for p in scheduler.admission_log)  # S1 → S, H1 → 1 …
     # Request-level FIFO: strict round robin, so the settling program ends 16th.
     assert logs["fifo"] == "S12" * 6 + "12" * 2
-    # Program priority: whenever H2 (no progress) competes with a program that has tokens or
-    # a Certaindex, it loses; it gets its first slot only after S has finished.
-    assert logs["certaindex"] == "S1" * 6 + "2121" + "2" * 6
+    # Certaindex: round robin while nobody has a signal; once two of S's three probes agree
+    # (Certaindex 2/3 ≥ signal_below) S's next request goes ahead of every waiting one, so S
+    # ends 14th. With one slot, the slot S frees goes to a waiting request before S can ask
+    # again: S alternates with H1 and H2 rather than running alone.
+    assert logs["certaindex"] == "S12" * 3 + "S1S2S" + "12" * 4
+
+
+async def test_without_a_certaindex_signal_the_order_is_fifo(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint
+) -> None:
+    """Issue 12's regression: three programs whose probes never agree (Certaindex 0), no budget.
+    The old key ranked them by tokens spent (most first: longest-attained-service first), so
+    the third program waited until one of the first two had finished; now the order is FIFO."""
+    scripted.script.delay_s = 0.05
+    scripts(scripted, H1=HESITANT, H2=HESITANT, H3=HESITANT)
+    config = CoTConfig(chunk_size=10, max_tokens=30, certainty_threshold=2, probe_max_tokens=4)
+    logs = {}
+    for policy in ("fifo", "certaindex"):
+        scheduler = Scheduler(SchedulerConfig(policy=policy, max_in_flight=1))
+        await run_all(scheduler, scripted_endpoint, config, ["H1", "H2", "H3"])
+        logs[policy] = "".join(p[-1] for p in scheduler.admission_log)
+    assert logs["fifo"] == "123" * 6
+    assert logs["certaindex"] == logs["fifo"]
 
 
 async def test_starved_requests_escalate_to_request_order(
