@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
+from dynasor_graph.eval._metrics import counter_delta, server_counters
 from dynasor_graph.local._fleet import Fleet, Router
 
 QUESTIONS = [
@@ -35,20 +36,6 @@ QUESTIONS = [
                     (8, 13, 2), (2, 45, 11), (12, 6, 8), (11, 7, 13), (3, 33, 4), (10, 10, 1),
                     (13, 4, 6), (6, 21, 5), (15, 3, 12), (4, 19, 10)]
 ]
-COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
-            "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
-            "vllm:request_success_total")
-
-
-def counters(base_url: str) -> dict[str, float]:
-    totals = dict.fromkeys(COUNTERS, 0.0)
-    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[-1])
-    return totals
-
-
 def reset_caches(fleet: Fleet) -> None:
     for server in fleet.replicas:  # needs VLLM_SERVER_DEV_MODE=1 in the server's environment
         httpx.post(f"{server.base_url}/reset_prefix_cache", timeout=30).raise_for_status()
@@ -72,19 +59,18 @@ async def workload(endpoint: Endpoint, config: CoTConfig, programs: int, concurr
 def measure(fleet: Fleet, api_base: str, label: str, args: argparse.Namespace,
             config: CoTConfig) -> dict[str, Any]:
     reset_caches(fleet)
-    before = [counters(server.base_url) for server in fleet.replicas]
+    before = [server_counters(server.base_url) for server in fleet.replicas]
     endpoint = Endpoint(model=f"hosted_vllm/{fleet.served_name}", api_base=api_base,
                         timeout_s=600, max_retries=1)
     # the same thread ids in every run: the same programs (seeded) whatever the routing
     seconds = asyncio.run(workload(endpoint, config, args.programs, args.concurrency, "program"))
-    after = [counters(server.base_url) for server in fleet.replicas]
-    per_replica = [{key: a[key] - b[key] for key in COUNTERS} for a, b in zip(after, before,
-                                                                            strict=True)]
-    queries = sum(r["vllm:prefix_cache_queries_total"] for r in per_replica)
-    hits = sum(r["vllm:prefix_cache_hits_total"] for r in per_replica)
+    after = [server_counters(server.base_url) for server in fleet.replicas]
+    per_replica = [counter_delta(b, a) for a, b in zip(after, before, strict=True)]
+    queries = sum(r["vllm:prefix_cache_queries"] for r in per_replica)
+    hits = sum(r["vllm:prefix_cache_hits"] for r in per_replica)
     row = {"routing": label, "hit_rate": hits / queries if queries else 0.0,
            "hits": hits, "queries": queries, "seconds": round(seconds, 1),
-           "requests_per_replica": [r["vllm:request_success_total"] for r in per_replica]}
+           "requests_per_replica": [r["vllm:request_success"] for r in per_replica]}
     print(f"{label:>16}: hit rate {row['hit_rate']:.3f} ({hits:.0f}/{queries:.0f} prompt "
           f"tokens), requests per replica {row['requests_per_replica']}, {seconds:.0f} s",
           flush=True)

@@ -25,11 +25,12 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from scripted_server import SERVED_NAME, Script
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
 from dynasor_graph._state import sum_usage
+from dynasor_graph.eval._metrics import counter_delta as delta
+from dynasor_graph.eval._metrics import server_counters
 from dynasor_graph.local._fleet import Router
 from dynasor_graph.local._server import SERVED_MODEL_NAME, free_port
 
@@ -152,18 +153,7 @@ def test_round_robin_alternates_one_sessions_requests(
 
 def replica_counters(base_url: str) -> dict[str, float]:
     """Token and request counters of one replica, summed over label sets."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    wanted = {"vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success"}
-    totals = dict.fromkeys(wanted, 0.0)
-    for family in text_string_to_metric_families(text):
-        if family.name in wanted:
-            totals[family.name] += sum(s.value for s in family.samples
-                                       if s.name.endswith("_total"))
-    return totals
-
-
-def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {key: after[key] - before[key] for key in before}
+    return server_counters(base_url)
 
 
 @pytest.mark.vllm
