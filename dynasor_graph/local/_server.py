@@ -220,9 +220,9 @@ def ensure_model() -> Path:
 def _run_conversion(gguf: Path, out: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    code = "from dynasor_graph._local import _convert_main; _convert_main()"
+    code = "from dynasor_graph.local._server import _convert_main; _convert_main()"
     try:
         done = subprocess.run(
             [sys.executable, "-c", code, str(gguf), str(out)],
