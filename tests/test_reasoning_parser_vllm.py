@@ -1,0 +1,120 @@
+"""A vLLM with ``--reasoning-parser deepseek_r1``: results are the same with or without it.
+
+SmolLM2 has no think tokens, so the server runs its think-token variant
+(:func:`~dynasor_graph.local._variants.ensure_think_variant`: ``<think>`` / ``</think>`` added as
+single ids; a plumbing stand-in, not a reasoning model) with the verbatim DeepSeek-R1-Distill
+chat template. One fixture starts the server with the parser, runs every program, stops it,
+then starts the same variant without the parser and runs the same programs (one vLLM at a
+time); the tests compare. With the parser, chat completions put the thinking in
+``message.reasoning`` and leave ``content`` null until ``</think>``; ``/v1/completions`` (token
+mode) ignores it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_thinking_vllm import counters, delta, exact_prompts, rendered_length, suffix_length
+
+from dynasor_graph import CoTConfig, Endpoint, create_cot
+from dynasor_graph.local import SERVED_MODEL_NAME, LocalServer
+from dynasor_graph.local._variants import ensure_think_variant
+
+pytestmark = pytest.mark.vllm
+
+TEMPLATE = Path(__file__).parent / "chat_templates" / "deepseek_r1_distill.jinja"
+PARSER = ("--reasoning-parser", "deepseek_r1")
+
+# (question, seed): found on this variant, sampled with a fixed seed. The first finishes by
+# itself after a probe, the second runs to its budget, the third closes its thinking itself.
+RUNS = {
+    "finishes": ("What is 2 + 3?", 1),
+    "budget": ("Explain step by step: a train travels 60 km in 1.5 hours. What is its average "
+               "speed in km/h?", 1),
+    "closes": ("List three facts about the moon and then say what 7 times 8 is.", 0),
+}
+CONFIG = CoTConfig(chunk_size=16, max_tokens=128, certainty_threshold=64)
+
+
+async def _serve_and_run(parser: bool) -> dict[str, Any]:
+    server = LocalServer(model_dir=ensure_think_variant(),
+                         extra_args=("--chat-template", str(TEMPLATE), *(PARSER if parser else ())))
+    seen: dict[str, Any] = {}
+    with server:
+        tokens = Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base, timeout_s=300)
+        text = tokens.model_copy(update={"continuation": "text"})
+        for name, (question, seed) in RUNS.items():
+            config = CONFIG.model_copy(update={"seed": seed})
+            before = counters(tokens)
+            result = await create_cot(tokens, config).ainvoke({"question": question})
+            seen[name] = {"result": result, "server": delta(before, counters(tokens)),
+                          "first": rendered_length(tokens, question),
+                          "suffix": suffix_length(tokens)}
+        question, seed = RUNS["budget"]
+        seen["text"] = await create_cot(text, CONFIG.model_copy(update={"seed": seed})).ainvoke(
+            {"question": question})
+    return seen
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[bool, dict[str, Any]]:
+    import asyncio
+
+    with_parser = asyncio.run(_serve_and_run(parser=True))  # stopped before the next starts
+    return {True: with_parser, False: asyncio.run(_serve_and_run(parser=False))}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_token_mode_is_exact_under_the_parser(runs: dict[bool, dict[str, Any]],
+                                              name: str) -> None:
+    seen = runs[True][name]
+    result = seen["result"]
+    reason, probe = exact_prompts(result, seen["first"], seen["suffix"])
+    usage = result["usage"]
+    assert (usage["reasoning_prompt_tokens"], usage["probe_prompt_tokens"]) == (reason, probe)
+    assert seen["server"]["vllm:prompt_tokens"] == reason + probe  # the server's own count
+    assert seen["server"]["vllm:generation_tokens"] == (usage["reasoning_tokens"]
+                                                        + usage["probe_completion_tokens"])
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_same_result_with_and_without_the_parser(runs: dict[bool, dict[str, Any]],
+                                                 name: str) -> None:
+    keys = ("answer", "response", "stop_reason", "usage", "probes", "certaindex")
+    with_parser, without = runs[True][name]["result"], runs[False][name]["result"]
+    assert {k: with_parser[k] for k in keys} == {k: without[k] for k in keys}
+    assert runs[True][name]["server"] == runs[False][name]["server"]
+
+
+def test_the_runs_cover_finishing_the_budget_and_closing_the_thinking(
+    runs: dict[bool, dict[str, Any]],
+) -> None:
+    results = {name: runs[True][name]["result"] for name in RUNS}
+    assert results["finishes"]["stop_reason"] == "finished" and results["finishes"]["probes"]
+    assert results["budget"]["stop_reason"] == "budget"
+    assert len(results["budget"]["probes"]) == CONFIG.max_tokens // CONFIG.chunk_size
+    # The stand-in closed its thinking itself: probing stopped, the answer tokens are those
+    # after </think> (exact in token mode), the stop reason says so.
+    closed = results["closes"]
+    assert closed["stop_reason"] == "answered"
+    thinking, answer = closed["response"].split("</think>", 1)
+    assert thinking and closed["usage"]["answer_tokens"] > 0
+    assert closed["answer"] == answer.strip()
+
+
+def test_text_mode_reads_the_thinking_from_the_reasoning_field(
+    runs: dict[bool, dict[str, Any]],
+) -> None:
+    # Before the fix, content was null: every chunk empty, no probe, "finished" with no answer.
+    for parser in (True, False):
+        result = runs[parser]["text"]
+        assert result["stop_reason"] == "budget"
+        assert result["usage"]["reasoning_tokens"] == CONFIG.max_tokens
+        assert len(result["response"]) > CONFIG.max_tokens  # the thinking came back as text
+        assert len(result["probes"]) == CONFIG.max_tokens // CONFIG.chunk_size
+        assert all(p["text"] for p in result["probes"])
+    keys = ("answer", "response", "usage", "probes")
+    assert ({k: runs[True]["text"][k] for k in keys}
+            == {k: runs[False]["text"][k] for k in keys})
