@@ -27,6 +27,15 @@ decision, the probes and what the run used (model calls, tool calls, the server'
 counts). With ``dry_run=True`` nothing is stopped: the run goes on as without early stop and
 the report measures, on that very run, what stopping would have saved (``saved``).
 
+Reasoning models (R1 distills, Qwen3 behind ``--reasoning-parser``): the step's thinking comes
+back in ``reasoning_content``; the probe puts it, then the draft, before the suffix, inside the
+thinking. In token mode (where the server answers ``/tokenize``) the probe's prompt is the
+step's own prompt — messages and tools rendered by the server's chat template — then the ids of
+the thinking and draft (after ``<think>\n`` when the model, not the prompt, opens it) and of the
+suffix, sent to ``/v1/completions``: the step's rendered prefix is shared token for token,
+whatever the template does to an assistant turn. Text mode (no ``/tokenize``) continues the
+assistant turn through chat completions as before.
+
 Usage::
 
     agent = create_agent(model, tools, middleware=[EarlyStopMiddleware(endpoint)])
@@ -66,7 +75,8 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import Field
 
-from ._endpoint import Endpoint
+from ._endpoint import _NO_TOKENIZE, Endpoint, _ids, post_json, tokenize
+from ._errors import ServerRefused
 from ._probe import ProbeSettings, ask_probe, emit_probe_event
 from .certaindex import Decision, StopReason, probe_agreement, route_on
 
@@ -235,14 +245,82 @@ def _savings(total: AgentUsage, at: AgentUsage) -> Savings:
 
 
 def _openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """The prompt as LiteLLM sends it: OpenAI dicts without the optional ``name`` fields."""
+    """The prompt as LiteLLM sends it: OpenAI dicts without the optional ``name`` fields, an
+    earlier step's thinking kept as ``reasoning_content`` (``ChatLiteLLM`` sends it back, and
+    a reasoning template such as Qwen3's renders it)."""
     converted = convert_to_openai_messages(list(messages))
-    return [{k: v for k, v in m.items() if k != "name"} for m in converted]
+    result = []
+    for message, openai in zip(messages, converted, strict=True):
+        entry = {k: v for k, v in openai.items() if k != "name"}
+        thinking = message.additional_kwargs.get("reasoning_content")
+        if isinstance(message, AIMessage) and isinstance(thinking, str) and thinking:
+            entry["reasoning_content"] = thinking
+        result.append(entry)
+    return result
 
 
-def _probe_prefix(draft: str) -> str:
-    """The step's own text before the probe suffix (none when the step wrote none)."""
-    return f"{draft}\n\n" if draft.strip() else ""
+def step_thinking(ai: AIMessage) -> str:
+    """The thinking of a reasoning model's step, as the server's ``--reasoning-parser`` split
+    it off: ``additional_kwargs["reasoning_content"]`` (where ``ChatLiteLLM`` puts it) or
+    ``["reasoning"]``, else ``reasoning`` / ``thinking`` content blocks; ``""`` if none."""
+    for key in ("reasoning_content", "reasoning"):
+        value = ai.additional_kwargs.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    if isinstance(ai.content, list):
+        return "".join(str(block.get(block["type"]) or "") for block in ai.content
+                       if isinstance(block, dict) and block.get("type") in ("reasoning",
+                                                                            "thinking"))
+    return ""
+
+
+def _probe_prefix(thinking: str, draft: str) -> str:
+    """The step's own text before the probe suffix: its thinking, then its draft, the probe
+    staying inside the thinking (none when the step wrote nothing)."""
+    return "".join(f"{part.rstrip()}\n\n" for part in (thinking, draft) if part.strip())
+
+
+async def _render_step(endpoint: Endpoint, messages: list[dict[str, Any]],
+                       tools: Sequence[dict[str, Any]]) -> list[int] | None:
+    """The step's prompt (messages and tools, generation prompt on) as the server's chat
+    template renders it, from vLLM's ``/tokenize``; ``None`` in text mode (as
+    :func:`~dynasor_graph._endpoint.render_chat`, which takes no tools)."""
+    if endpoint.continuation == "text" or (
+            endpoint.continuation == "auto" and endpoint.server_root in _NO_TOKENIZE):
+        return None
+    body: dict[str, Any] = {"model": endpoint.served_name, "messages": messages,
+                            "add_generation_prompt": True}
+    if tools:
+        body["tools"] = list(tools)
+    if endpoint.chat_template_kwargs:
+        body["chat_template_kwargs"] = endpoint.chat_template_kwargs
+    try:
+        payload = await post_json(endpoint, "/tokenize", body, admit=False)
+    except ServerRefused as exc:
+        if exc.status_code in (404, 405) and endpoint.continuation == "auto":
+            _NO_TOKENIZE.add(endpoint.server_root)
+            return None
+        raise
+    return _ids(payload, endpoint, "/tokenize")
+
+
+async def _probe_tokens(endpoint: Endpoint, prompt_ids: Sequence[int], thinking: str,
+                        prefix: str) -> list[int]:
+    """The probe text's ids after the step's rendered prompt: the open-thinking marker first
+    when the model writes it itself (Qwen3) rather than the prompt (R1-Distill), so the probe
+    stays inside the thinking. Not cached: every step's thinking is new."""
+    if not prefix:
+        return []
+    opener = endpoint.think_markers[0]
+    if thinking:
+        marker = await tokenize(endpoint, opener)
+        tail = list(prompt_ids[-(len(marker) + 4):])
+        opened = any(tail[i:i + len(marker)] == list(marker) for i in range(len(tail)))
+        prefix = prefix if opened else f"{opener}\n{prefix}"
+    payload = await post_json(endpoint, "/tokenize", {
+        "model": endpoint.served_name, "prompt": prefix, "add_special_tokens": False},
+        admit=False)
+    return _ids(payload, endpoint, "/tokenize")
 
 
 async def _advance(
@@ -270,8 +348,13 @@ async def _advance(
         return EarlyStopReport(certaindex=report["certaindex"], decision="exit",
                                stop_reason="finished", answer=ai.text, probes=report["probes"],
                                usage=usage, would_stop=would_stop, saved=saved)
-    reply = await ask_probe(endpoint, _openai_messages(prompt), _probe_prefix(ai.text),
-                            settings, seed=settings.seed, tools=tools)
+    chat, thinking = _openai_messages(prompt), step_thinking(ai)
+    prefix = _probe_prefix(thinking, ai.text)
+    prompt_ids = await _render_step(endpoint, chat, tools)
+    generated = (await _probe_tokens(endpoint, prompt_ids, thinking, prefix)
+                 if prompt_ids is not None else [])
+    reply = await ask_probe(endpoint, chat, prefix, settings, seed=settings.seed, tools=tools,
+                            prompt_ids=prompt_ids, generated=generated)
     usage["probe_prompt_tokens"] += reply.completion.prompt_tokens
     usage["probe_completion_tokens"] += reply.completion.completion_tokens
     probe = AgentProbe(step=usage["model_calls"], answer=reply.answer,

@@ -43,6 +43,8 @@ class AgentScript:
     turns: list[Turn] = field(default_factory=list)
     probes: list[str] = field(default_factory=list)
     log: list[dict[str, Any]] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    """Per model turn, the thinking a ``--reasoning-parser`` returns in ``message.reasoning``."""
 
     def reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         messages = body["messages"]
@@ -58,6 +60,8 @@ class AgentScript:
             kind = "model"
             step = sum(1 for e in self.log if e["kind"] == "model")
             turn = self.turns[min(step, len(self.turns) - 1)]
+            if step < len(self.thinking):
+                message["reasoning"] = self.thinking[step]
             if isinstance(turn, str):
                 message["content"], completion, finish = turn, len(tokens(turn)), "stop"
             else:
@@ -308,3 +312,121 @@ def test_public_names_exist() -> None:
 
     assert all(hasattr(agents, name) for name in agents.__all__)
     assert len(set(agents.__all__)) == len(agents.__all__)
+
+
+# --- reasoning models: the step's thinking goes into the probe -------------------------------
+
+THINKING = ["The warehouse holds crates of lamps; look it up first.",
+            "240 crates of 12 lamps: 2880, but check the multiplication."]
+
+
+async def test_text_mode_probe_carries_the_step_thinking_before_the_suffix(
+    server: ScriptedServer, endpoint: Endpoint
+) -> None:
+    server.script.turns, server.script.probes = LAMPS, ["2880}"]
+    server.script.thinking = THINKING
+    await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    log = server.script.log
+    assert [e["kind"] for e in log[:4]] == ["model", "probe", "model", "probe"]
+    for step, probe in ((0, 1), (1, 3)):
+        body = log[probe]["body"]
+        assert body["messages"][:-1] == log[step * 2]["body"]["messages"]
+        assert body["messages"][-1] == {
+            "role": "assistant", "content": f"{THINKING[step]}\n\n{DEFAULT_AGENT_PROBE_SUFFIX}"}
+
+
+@dataclass
+class TokenAgentServer:
+    """vLLM's token API for an agent: chat completions script the steps (``AgentScript``),
+    ``/tokenize`` renders messages and tools (``opener``: whether the generation prompt opens
+    the thinking, as R1-Distill's does, or the model writes it, as Qwen3's does), and
+    ``/v1/completions`` answers the probes. A token is a think marker (one id, as in a real
+    reasoning model's vocabulary) or a ``\\S+\\s*`` run."""
+
+    script: AgentScript
+    opener: bool
+    vocab: list[str] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def ids(self, text: str) -> list[int]:
+        out = []
+        for token in re.findall(r"</?think>|(?:(?!</?think>)\S)+\s*|\s+", text):
+            if token not in self.vocab:
+                self.vocab.append(token)
+            out.append(self.vocab.index(token))
+        return out
+
+    def render(self, body: dict[str, Any]) -> str:
+        text = "".join(f"<|{m['role']}|> {m.get('content') or ''} " for m in body["messages"])
+        text += f"<|tools|> {json.dumps(body.get('tools'))} <|assistant|> "
+        return text + ("<think>\n" if self.opener else "")
+
+    def reply(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append({"path": path, "body": body})
+        if path == "/tokenize":
+            return {"tokens": self.ids(self.render(body) if "messages" in body
+                                       else body["prompt"])}
+        if path.endswith("/chat/completions"):
+            return self.script.reply(body)[1]
+        text = self.script.probes[0]
+        return {"id": "p", "object": "text_completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop",
+                             "token_ids": self.ids(text), "logprobs": None}],
+                "usage": {"prompt_tokens": len(body["prompt"][0]),
+                          "completion_tokens": len(self.ids(text)),
+                          "total_tokens": len(body["prompt"][0]) + len(self.ids(text))}}
+
+
+@pytest.fixture(params=[True, False], ids=["prompt-opens-thinking", "model-opens-thinking"])
+def token_server(request: pytest.FixtureRequest) -> Iterator[tuple[Endpoint, TokenAgentServer]]:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    state = TokenAgentServer(AgentScript(), opener=request.param)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            data = json.dumps(state.reply(self.path, body)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield Endpoint(model="hosted_vllm/scripted", timeout_s=10, continuation="tokens",
+                       api_base=f"http://127.0.0.1:{httpd.server_address[1]}/v1"), state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+async def test_token_mode_probe_extends_the_step_rendered_prompt_inside_the_thinking(
+    token_server: tuple[Endpoint, TokenAgentServer],
+) -> None:
+    endpoint, state = token_server
+    state.script.turns, state.script.probes = LAMPS, ["2880}"]
+    state.script.thinking = THINKING
+    await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    steps = [r["body"] for r in state.requests if r["path"].endswith("/chat/completions")]
+    probes = [r["body"] for r in state.requests if r["path"].endswith("/v1/completions")]
+    assert len(probes) == 2 and len(steps) == 2
+    for step, probe, thinking in zip(steps, probes, THINKING, strict=True):
+        # the step's own prompt (messages and tools) as the template renders it, then the
+        # thinking (opened by the probe when the model, not the prompt, opens it), the suffix
+        opened = "" if state.opener else "<think>\n"
+        expected = (state.ids(state.render(step))
+                    + state.ids(f"{opened}{thinking}\n\n")
+                    + state.ids(DEFAULT_AGENT_PROBE_SUFFIX))
+        assert probe["prompt"] == [expected]
+        assert "</think>" not in "".join(state.vocab[i] for i in probe["prompt"][0])
+    renders = [r["body"] for r in state.requests
+               if r["path"] == "/tokenize" and "messages" in r["body"]]
+    assert [(r["messages"], r["tools"]) for r in renders] == [
+        (s["messages"], s["tools"]) for s in steps]
