@@ -391,8 +391,8 @@ _OPENAI: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, st
 
 
 def _openai_client(endpoint: Endpoint) -> Any:
-    """An ``AsyncOpenAI`` over the shared httpx client, one per loop and server, handed to
-    LiteLLM's text route (which otherwise opens, and never closes, a session per call)."""
+    """An ``AsyncOpenAI`` over the shared httpx client, one per loop and server: the client of
+    the token route (:func:`complete_tokens`)."""
     import asyncio
 
     import openai
@@ -489,31 +489,30 @@ async def complete_tokens(
     top_p: float,
     seed: int | None = None,
 ) -> Completion:
-    """Continue a prompt of token ids for at most ``max_tokens`` tokens through LiteLLM's text
-    completions (``text-completion-openai/``: vLLM's ``/v1/completions``), returning the
-    generated ids (``return_token_ids``) and where each token starts in the text."""
-    import litellm
+    """Continue a prompt of token ids for at most ``max_tokens`` tokens through vLLM's
+    ``/v1/completions``, returning the generated ids (``return_token_ids``) and where each
+    token starts in the text.
 
-    litellm.suppress_debug_info = True
-    extra_body: dict[str, Any] = {"return_token_ids": True, "logprobs": 0}
-    if seed is not None:
-        extra_body["seed"] = seed
+    The request goes through the pooled ``AsyncOpenAI`` client directly, not through LiteLLM's
+    ``atext_completion``: LiteLLM's per-call logging walks every leaf of the request (each of
+    the prompt's ids) and prices every response, which made a Dynasor round cost 2 to 4 times
+    the client CPU (``benchmarks/client_overhead.py``); the request and the errors are the
+    same (:func:`endpoint_error` reads the OpenAI SDK's errors as it reads LiteLLM's)."""
+    extra_body: dict[str, Any] = {"return_token_ids": True}
     extra_body.update(_request_tags(max_tokens))
     headers = session_headers()
+    ids = prompt if isinstance(prompt, list) else list(prompt)
     try:
-        response = await _admitted(max_tokens, litellm.atext_completion(
-            model=f"text-completion-openai/{endpoint.served_name}",
-            client=_openai_client(endpoint),
-            prompt=[list(prompt)],
-            api_base=endpoint.api_base,
-            api_key=endpoint.api_key.get_secret_value(),
+        response = await _admitted(max_tokens, _openai_client(endpoint).completions.create(
+            model=endpoint.served_name,
+            prompt=[ids],
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
+            logprobs=0,
             timeout=endpoint.timeout_s,
-            num_retries=0,
-            max_retries=0,
             extra_body=extra_body,
+            **({"seed": seed} if seed is not None else {}),
             **({"extra_headers": headers} if headers else {}),
         ))
     except Exception as exc:
@@ -524,8 +523,8 @@ async def complete_tokens(
         raise ServerRefused(f"{endpoint.api_base} returned no usage or no choices",
                             api_base=endpoint.api_base)
     choice = choices[0]
-    ids = _get(choice, "token_ids")
-    if not isinstance(ids, list):
+    generated = _get(choice, "token_ids")
+    if not isinstance(generated, list):
         raise ServerRefused(
             f"{endpoint.api_base} returned no token ids (it needs vLLM's return_token_ids); "
             "use Endpoint(continuation='text') for a server without them",
@@ -537,7 +536,7 @@ async def complete_tokens(
         finish_reason=str(_get(choice, "finish_reason") or "stop"),
         prompt_tokens=int(usage.prompt_tokens),
         completion_tokens=int(usage.completion_tokens),
-        token_ids=tuple(int(i) for i in ids),
+        token_ids=tuple(int(i) for i in generated),
         token_offsets=tuple(int(o) for o in offsets or ()),
     )
 
