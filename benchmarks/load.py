@@ -10,6 +10,11 @@ settle and are stopped by their budget)::
     python benchmarks/load.py --programs 200 --max-in-flight 16
     python benchmarks/load.py --programs 50 --api-base http://127.0.0.1:8471/v1 \\
         --model smollm2-135m-instruct
+
+With ``--api-base`` it is also one client process of a multi-process load (the test
+``tests/test_priority_load.py`` starts several behind ``vllm-router``): ``--prefix`` makes its
+questions (``{prefix}What is {i} + {i + 1}?``) and thread ids its own, ``--mode vllm_priority``
+sends every request with its priority instead of queuing in-process.
 """
 
 from __future__ import annotations
@@ -42,10 +47,14 @@ def scripted(programs: int) -> Iterator[tuple[Endpoint, list[str]]]:
 
 
 async def warm_then_load(endpoint: Endpoint, questions: list[str], scheduler: SchedulerConfig,
-                         config: CoTConfig, timeout_s: float) -> LoadReport:
-    """One program first, so lazy imports (LiteLLM's) do not count as the load's memory."""
-    await run_load(endpoint, questions[:1], scheduler, config, timeout_s=timeout_s)
-    return await run_load(endpoint, questions, scheduler, config, timeout_s=timeout_s)
+                         config: CoTConfig, timeout_s: float, thread_prefix: str | None = None,
+                         warm_up: str | None = None) -> LoadReport:
+    """One program first, so lazy imports (LiteLLM's: tens of seconds on a busy machine) count
+    neither as the load's memory nor against its time: on ``warm_up`` if given (a question the
+    load does not ask), else on the first question."""
+    await run_load(endpoint, [warm_up or questions[0]], scheduler, config, timeout_s=timeout_s)
+    return await run_load(endpoint, questions, scheduler, config, timeout_s=timeout_s,
+                          thread_prefix=thread_prefix)
 
 
 def main() -> int:
@@ -57,18 +66,25 @@ def main() -> int:
     parser.add_argument("--timeout-s", type=float, default=300, help="bound on the whole run")
     parser.add_argument("--api-base", help="a real server instead of the scripted one")
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--no-reallocate", dest="reallocate", action="store_false",
+                        help="no lending: no program generates more than --program-budget")
+    parser.add_argument("--mode", choices=["queue", "vllm_priority", "both"], default="queue")
+    parser.add_argument("--prefix", default="", help="with --api-base: this client's questions "
+                        "and thread ids (X-Session-ID) start with it")
     args = parser.parse_args()
     config = CoTConfig(chunk_size=4, max_tokens=64, certainty_threshold=2, seed=0)
-    scheduler = SchedulerConfig(max_in_flight=args.max_in_flight,
-                                program_budget=args.program_budget)
+    scheduler = SchedulerConfig(max_in_flight=args.max_in_flight, mode=args.mode,
+                                program_budget=args.program_budget, reallocate=args.reallocate)
     with contextlib.ExitStack() as stack:
         if args.api_base:
             endpoint = Endpoint(model=args.model, api_base=args.api_base, timeout_s=120)
-            questions = [f"What is {i} + {i + 1}?" for i in range(args.programs)]
+            questions = [f"{args.prefix}What is {i} + {i + 1}?" for i in range(args.programs)]
         else:
             endpoint, questions = stack.enter_context(scripted(args.programs))
+        thread_prefix = f"{args.prefix}p" if args.api_base else None
+        warm_up = f"{args.prefix}warm-up" if args.api_base else None
         report = asyncio.run(warm_then_load(endpoint, questions, scheduler, config,
-                                            args.timeout_s))
+                                            args.timeout_s, thread_prefix, warm_up))
     print(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2))
     return 0 if report.ok else 1
 

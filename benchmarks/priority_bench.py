@@ -67,16 +67,22 @@ POLICIES = ("fifo", "certaindex", "certaindex+abstain")
 
 
 def client(args: argparse.Namespace) -> None:
-    """One client process: its share of the load's programs; rows as JSON on stdout."""
+    """One client process: its share of the load's programs; rows as JSON on stdout. It warms
+    up (imports, one 1-token request), says ``ready``, and starts at the time read from stdin."""
+    from dynasor_graph._endpoint import complete
     from dynasor_graph.eval import load_dataset, run_bench
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     load = LOADS[args.load]
     problems = load_dataset(load["dataset"])[args.index::args.clients]
     endpoint = Endpoint(model=args.model, api_base=args.api_base, timeout_s=900)
+    asyncio.run(complete(endpoint, [{"role": "user", "content": "hi"}], "", max_tokens=1,
+                         temperature=0.0, top_p=1.0))
+    print("ready", flush=True)
+    start_at = float(sys.stdin.readline())
     rate = load["rate"]
-    time.sleep(max(0.0, args.start_at + args.index / rate - time.time()))
-    offset = time.time() - args.start_at
+    time.sleep(max(0.0, start_at + args.index / rate - time.time()))
+    offset = time.time() - start_at
     rows, _ = asyncio.run(run_bench(
         endpoint, problems, [METHOD], max_tokens=MAX_TOKENS, seed=SEED,
         scheduler=policy(args.policy), arrival_rate=rate / args.clients if args.arrive else None,
@@ -89,20 +95,35 @@ def client(args: argparse.Namespace) -> None:
 
 def run_clients(args: argparse.Namespace, api_base: str, model: str, load: str, name: str,
                 arrive: bool = True) -> list[dict[str, Any]]:
-    """Start ``--clients`` client processes together; their rows, merged."""
-    start_at = time.time() + 3.0  # time to import before the first arrival
+    """Start ``--clients`` client processes, start them together once all are warm; their
+    rows, merged."""
     processes = [subprocess.Popen(
         [sys.executable, __file__, "--client", "--api-base", api_base, "--model", model,
          "--load", load, "--policy", name, "--index", str(k), "--clients", str(args.clients),
-         "--start-at", str(start_at), *([] if arrive else ["--all-at-once"])],
-        stdout=subprocess.PIPE, text=True) for k in range(args.clients)]
-    rows: list[dict[str, Any]] = []
-    for process in processes:
-        out, _ = process.communicate(timeout=3600)
-        if process.returncode != 0:
-            raise RuntimeError(f"a client of {load}/{name} failed ({process.returncode})")
-        rows.extend(json.loads(out.strip().splitlines()[-1]))
-    return rows
+         *([] if arrive else ["--all-at-once"])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for k in range(args.clients)]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a client of {load}/{name} did not start")
+        start_at = time.time() + 0.5
+        rows: list[dict[str, Any]] = []
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write(f"{start_at}\n")
+            process.stdin.close()
+        outs = [process.communicate(timeout=3600)[0] for process in processes]
+        for process, out in zip(processes, outs, strict=True):
+            if process.returncode != 0:
+                raise RuntimeError(f"a client of {load}/{name} failed ({process.returncode})")
+            rows.extend(json.loads(out.strip().splitlines()[-1]))
+        return rows
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
 
 
 def figures(rows: list[dict[str, Any]], deadline_s: float) -> dict[str, float]:
@@ -142,7 +163,6 @@ def main() -> None:
     parser.add_argument("--load", help=argparse.SUPPRESS)
     parser.add_argument("--policy", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--all-at-once", dest="arrive", action="store_false",
                         help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -49,6 +49,8 @@ class LoadReport:
     tokens: int
     seconds: float
     stop_reasons: dict[str, int] = field(default_factory=dict)
+    max_program_tokens: int = 0
+    """The most tokens one program generated (a budget bounds it)."""
 
     @property
     def ok(self) -> bool:
@@ -71,9 +73,12 @@ def _fds() -> tuple[int, int]:
 
 
 async def run_load(endpoint: Endpoint, questions: Sequence[str], scheduler: SchedulerConfig,
-                   config: CoTConfig, *, timeout_s: float = 600) -> LoadReport:
+                   config: CoTConfig, *, timeout_s: float = 600,
+                   thread_prefix: str | None = None) -> LoadReport:
     """Run one Dynasor-CoT program per question at once through one scheduler, bounded by
-    ``timeout_s`` (then every program is cancelled and ``TimeoutError`` raised)."""
+    ``timeout_s`` (then every program is cancelled and ``TimeoutError`` raised). With
+    ``thread_prefix`` program ``i`` runs on thread ``{thread_prefix}{i}`` (its requests carry
+    it as ``X-Session-ID``: a router keeps the program on one replica)."""
     graph = create_cot(endpoint, config)
     tasks_before = asyncio.all_tasks()
     fds_before, sockets_before = _fds()
@@ -86,9 +91,9 @@ async def run_load(endpoint: Endpoint, questions: Sequence[str], scheduler: Sche
     start = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s), asyncio.TaskGroup() as group:
-            runs = [group.create_task(_guarded(sched.run(graph, {"question": q},
-                                                         program_id=f"p{i}")))
-                    for i, q in enumerate(questions)]
+            runs = [group.create_task(_guarded(sched.run(
+                graph, {"question": q}, _thread(thread_prefix, i), program_id=f"p{i}")))
+                for i, q in enumerate(questions)]
         seconds = time.perf_counter() - start
         outcomes = [run.result() for run in runs]
         del runs, group
@@ -110,7 +115,12 @@ async def run_load(endpoint: Endpoint, questions: Sequence[str], scheduler: Sche
         sockets=(sockets_before, sockets_after), fds=(fds_before, fds_after),
         peak_mb=round(peak / 2**20, 1), retained_mb=round((held - held_before) / 2**20, 1),
         tokens=sum(r.tokens for r in results), seconds=round(seconds, 2),
-        stop_reasons=dict(Counter(r.stop_reason for r in results)))
+        stop_reasons=dict(Counter(r.stop_reason for r in results)),
+        max_program_tokens=max((r.tokens for r in results), default=0))
+
+
+def _thread(prefix: str | None, index: int) -> dict[str, Any] | None:
+    return None if prefix is None else {"configurable": {"thread_id": f"{prefix}{index}"}}
 
 
 def _litellm_worker(task: asyncio.Task[Any]) -> bool:

@@ -1,0 +1,129 @@
+"""Certaindex priorities inside the real local vLLM: a server started by the test with
+``--scheduling-policy priority --max-num-seqs 1`` (one request runs at a time, so the order in
+which waiting requests finish is the order vLLM chose).
+
+- One-call programs sent while a long request holds the only slot: the program the policy puts
+  ahead (lowest priority number), sent last, finishes first; the others finish in send order.
+- Dynasor-CoT programs in ``mode="vllm_priority"``: ``/metrics`` shows the run — one finished
+  request per model call, generated tokens equal to the programs' usage, no preemption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dynasor_graph import CoTConfig, Endpoint, Scheduler, SchedulerConfig, create_cot
+from dynasor_graph._endpoint import complete
+from dynasor_graph.local import LocalServer
+from dynasor_graph.scheduler import _Program
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def priority_server() -> Iterator[LocalServer]:
+    with LocalServer(extra_args=["--scheduling-policy", "priority",
+                                 "--max-num-seqs", "1"]) as server:
+        yield server
+
+
+def counters(server: LocalServer) -> dict[str, float]:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    wanted = {"vllm:request_success", "vllm:generation_tokens", "vllm:num_preemptions",
+              "vllm:num_requests_running"}
+    totals = dict.fromkeys(wanted, 0.0)
+    for family in text_string_to_metric_families(text):
+        if family.name in wanted:
+            totals[family.name] += sum(s.value for s in family.samples
+                                       if not s.name.endswith("_created"))
+    return totals
+
+
+class OneCall:
+    """A one-request program (the graph protocol ``Scheduler.run`` needs): asks for 4 tokens."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    async def astream(self, input: Any, config: Any = None, *, stream_mode: Any = "values",
+                      ) -> AsyncIterator[dict[str, Any]]:
+        reply = await complete(self.endpoint, [{"role": "user", "content": input["question"]}],
+                               "", max_tokens=4, temperature=0.0, top_p=1.0)
+        yield {"answer": reply.text, "certaindex": 0.0}
+
+
+class Settled(Scheduler):
+    """A scheduler whose every program is about to finish (closeness 1): its requests go
+    ``starvation_s`` ahead of their send time."""
+
+    def closeness(self, program: _Program) -> float:
+        return 1.0
+
+
+async def test_the_program_put_ahead_finishes_first(priority_server: LocalServer) -> None:
+    endpoint = priority_server.endpoint().model_copy(update={"timeout_s": 300})
+    graph = OneCall(endpoint)
+    await graph.astream({"question": "warm up"}).__anext__()  # LiteLLM's lazy imports
+    before = counters(priority_server)
+    fifo = Scheduler(SchedulerConfig(policy="fifo", mode="vllm_priority"))
+    ahead = Settled(SchedulerConfig(mode="vllm_priority", starvation_s=30))
+    finished: list[str] = []
+
+    async def run(scheduler: Scheduler, name: str) -> None:
+        await scheduler.run(graph, {"question": f"Say {name}."}, program_id=name)
+        finished.append(name)
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        blocker = asyncio.create_task(client.post(f"{priority_server.api_base}/completions", json={
+            "model": priority_server.served_name, "prompt": "Once upon a time",
+            "max_tokens": 300, "ignore_eos": True}))
+        for _ in range(100):  # until it holds the only slot
+            await asyncio.sleep(0.1)
+            if counters(priority_server)["vllm:num_requests_running"] >= 1:
+                break
+        runs = []
+        for name in ("n0", "n1", "n2"):
+            runs.append(asyncio.create_task(run(fifo, name)))
+            await asyncio.sleep(0.3)
+        runs.append(asyncio.create_task(run(ahead, "urgent")))
+        await asyncio.sleep(0.3)
+        assert not blocker.done(), "the blocker ended before every program was waiting"
+        (await blocker).raise_for_status()
+        await asyncio.gather(*runs)
+    assert finished == ["urgent", "n0", "n1", "n2"]
+    # The priorities sent: send times (deciseconds) for the fifo ones, 300 ds ahead for urgent.
+    sent = dict(fifo.priority_log) | dict(ahead.priority_log)
+    assert sent["n0"] <= sent["n1"] <= sent["n2"]
+    assert sent["urgent"] < sent["n0"] - 250
+    after = counters(priority_server)
+    assert after["vllm:request_success"] - before["vllm:request_success"] == 5
+
+
+async def test_cot_programs_in_priority_mode_show_in_metrics(
+    priority_server: LocalServer,
+) -> None:
+    endpoint = priority_server.endpoint().model_copy(update={"timeout_s": 300})
+    scheduler = Scheduler(SchedulerConfig(mode="vllm_priority", program_budget=96))
+    graph = create_cot(endpoint, CoTConfig(chunk_size=16, max_tokens=64,
+                                           certainty_threshold=2, seed=0))
+    before = counters(priority_server)
+    results = await asyncio.gather(*(
+        scheduler.run(graph, {"question": f"What is {i} + {i + 2}?"}, program_id=f"p{i}")
+        for i in range(3)))
+    after = counters(priority_server)
+    assert all(r.tokens <= 96 for r in results)
+    assert after["vllm:request_success"] - before["vllm:request_success"] == sum(
+        r.requests for r in results)
+    assert after["vllm:generation_tokens"] - before["vllm:generation_tokens"] == sum(
+        r.tokens for r in results)
+    assert after["vllm:num_preemptions"] == before["vllm:num_preemptions"]
+    tagged = [p for _, p in scheduler.priority_log]
+    assert len(tagged) >= sum(r.requests for r in results) and all(
+        isinstance(p, int) for p in tagged)
+    assert scheduler.in_flight == 0
