@@ -230,8 +230,19 @@ async def complete(
             **tool_args,
         ))
     except Exception as exc:
-        raise endpoint_error(exc, endpoint) from exc
+        raise _text_mode_hint(endpoint_error(exc, endpoint)) from exc
     return _parse(response, endpoint)
+
+
+def _text_mode_hint(error: EndpointError) -> EndpointError:
+    """Say which mode failed when a chat template rewrote the continued assistant turn (a
+    reasoning template keeps only what follows ``</think>``), and what to use instead."""
+    if not (isinstance(error, ServerRefused) and "does not appear" in str(error)):
+        return error
+    return ServerRefused(f"{error} (text mode: the chat template rewrites the continued "
+                         "assistant turn; use token mode, Endpoint(continuation='tokens'), on a "
+                         "vLLM with /tokenize)", api_base=error.api_base,
+                         status_code=error.status_code)
 
 
 def session_headers() -> dict[str, str]:
@@ -457,6 +468,10 @@ async def render_chat(endpoint: Endpoint, messages: list[Message]) -> list[int] 
         if exc.status_code in (404, 405) and endpoint.continuation == "auto":
             _NO_TOKENIZE.add(endpoint.server_root)
             return None
+        if exc.status_code in (404, 405):
+            raise ServerRefused(f"{exc} (token mode, continuation='tokens', needs vLLM's "
+                                "/tokenize; use continuation='text' or 'auto')",
+                                api_base=exc.api_base, status_code=exc.status_code) from exc
         raise
     return _ids(payload, endpoint, "/tokenize")
 
@@ -526,8 +541,9 @@ async def complete_tokens(
     generated = _get(choice, "token_ids")
     if not isinstance(generated, list):
         raise ServerRefused(
-            f"{endpoint.api_base} returned no token ids (it needs vLLM's return_token_ids); "
-            "use Endpoint(continuation='text') for a server without them",
+            f"{endpoint.api_base} returned no token ids: token mode (continuation 'tokens' or "
+            "'auto') needs vLLM's return_token_ids; use Endpoint(continuation='text') for a "
+            "server without them",
             api_base=endpoint.api_base)
     logprobs = _get(choice, "logprobs")
     offsets = _get(logprobs, "text_offset") if logprobs is not None else None
