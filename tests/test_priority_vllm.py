@@ -109,7 +109,8 @@ async def test_cot_programs_in_priority_mode_show_in_metrics(
     priority_server: LocalServer,
 ) -> None:
     endpoint = priority_server.endpoint().model_copy(update={"timeout_s": 300})
-    scheduler = Scheduler(SchedulerConfig(mode="vllm_priority", program_budget=96))
+    scheduler = Scheduler(SchedulerConfig(mode="vllm_priority", program_budget=96,
+                                          reallocate=False))
     graph = create_cot(endpoint, CoTConfig(chunk_size=16, max_tokens=64,
                                            certainty_threshold=2, seed=0))
     before = counters(priority_server)
