@@ -179,18 +179,42 @@ def question(long: int, mode: str) -> str:
     return f"LONG={long} tokens" if mode == "tokens" else "w " * long
 
 
-async def graph_run(url: str, mode: str, programs: int, rounds: int, long: int) -> int:
+class Clock:
+    """Client CPU and wall time from ``start()`` (called once a run's setup is done: the graph
+    compiled, the httpx client built) to ``stop()``; optionally profiled."""
+
+    def __init__(self, profile: bool = False) -> None:
+        self.profiler = cProfile.Profile() if profile else None
+        self.cpu = self.wall = 0.0
+
+    def start(self) -> None:
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+        if self.profiler:
+            self.profiler.enable()
+
+    def stop(self) -> None:
+        if self.profiler:
+            self.profiler.disable()
+        self.cpu, self.wall = time.process_time() - self.cpu, time.perf_counter() - self.wall
+
+
+async def graph_run(url: str, mode: str, programs: int, rounds: int, long: int,
+                    clock: Clock | None = None) -> int:
     endpoint = Endpoint(model="m", api_base=f"{url}/v1", continuation=mode,  # type: ignore[arg-type]
                         max_retries=0, timeout_s=600)
     config = CoTConfig(chunk_size=CHUNK, max_tokens=CHUNK * rounds, certainty_threshold=64,
                        probe_max_tokens=PROBE_TOKENS, seed=0)
     graph = create_cot(endpoint, config)
+    clock = clock or Clock()
+    clock.start()
     results = await asyncio.gather(*(graph.ainvoke({"question": question(long, mode)})
                                      for _ in range(programs)))
+    clock.stop()
     return sum(len(r["probes"]) for r in results)
 
 
-async def httpx_run(url: str, mode: str, programs: int, rounds: int, long: int) -> int:
+async def httpx_run(url: str, mode: str, programs: int, rounds: int, long: int,
+                    clock: Clock | None = None) -> int:
     """The same requests as the graph's, from a plain httpx loop."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
@@ -236,7 +260,11 @@ async def httpx_run(url: str, mode: str, programs: int, rounds: int, long: int) 
             return rounds
 
         program = tokens_program if mode == "tokens" else text_program
-        return sum(await asyncio.gather(*(program() for _ in range(programs))))
+        clock = clock or Clock()
+        clock.start()
+        done = sum(await asyncio.gather(*(program() for _ in range(programs))))
+        clock.stop()
+        return done
 
 
 RUNNERS = {"graph": graph_run, "httpx": httpx_run}
@@ -246,16 +274,11 @@ def timed(path: str, url: str, mode: str, programs: int, rounds: int, long: int,
           profile: Path | None = None) -> dict[str, Any]:
     runner = RUNNERS[path]
     asyncio.run(runner(url, mode, min(programs, 4), 2, long))  # warm up imports and pools
-    profiler = cProfile.Profile() if profile else None
-    cpu, wall = time.process_time(), time.perf_counter()
-    if profiler:
-        profiler.enable()
-    done = asyncio.run(runner(url, mode, programs, rounds, long))
-    if profiler:
-        profiler.disable()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    if profiler and profile:
-        profiler.dump_stats(str(profile))
+    clock = Clock(profile=profile is not None)
+    done = asyncio.run(runner(url, mode, programs, rounds, long, clock))
+    if clock.profiler and profile:
+        clock.profiler.dump_stats(str(profile))
+    cpu, wall = clock.cpu, clock.wall
     return {"path": path, "mode": mode, "programs": programs, "long": long, "rounds": done,
             "rounds_per_s": round(done / wall, 1), "cpu_ms_per_round": round(1000 * cpu / done, 2)}
 
