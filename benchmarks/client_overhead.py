@@ -200,8 +200,10 @@ class Clock:
 
 async def graph_run(url: str, mode: str, programs: int, rounds: int, long: int,
                     clock: Clock | None = None) -> int:
-    endpoint = Endpoint(model="m", api_base=f"{url}/v1", continuation=mode,  # type: ignore[arg-type]
-                        max_retries=0, timeout_s=600)
+    mode, _, client = mode.partition("+")  # "tokens+openai": Endpoint(client="openai")
+    endpoint = Endpoint.model_validate({"model": "m", "api_base": f"{url}/v1",
+                                        "continuation": mode, "client": client or "litellm",
+                                        "max_retries": 0, "timeout_s": 600})
     config = CoTConfig(chunk_size=CHUNK, max_tokens=CHUNK * rounds, certainty_threshold=64,
                        probe_max_tokens=PROBE_TOKENS, seed=0)
     graph = create_cot(endpoint, config)
@@ -286,24 +288,25 @@ def timed(path: str, url: str, mode: str, programs: int, rounds: int, long: int,
 def child(args: argparse.Namespace) -> None:
     """One client process of a multi-process run: warms up, waits for the common start time,
     runs, and prints its rounds and wall-clock start and end as JSON."""
-    asyncio.run(graph_run(args.url, "tokens", 4, 2, 0))
+    asyncio.run(graph_run(args.url, args.scale_mode, 4, 2, 0))
     time.sleep(max(0.0, args.start_at - time.time()))
     start = time.time()
-    done = asyncio.run(graph_run(args.url, "tokens", args.programs, args.rounds, 0))
+    done = asyncio.run(graph_run(args.url, args.scale_mode, args.programs, args.rounds, 0))
     print(json.dumps({"rounds": done, "start": start, "end": time.time()}))
 
 
-def processes(url: str, n: int, programs: int, rounds: int) -> dict[str, Any]:
+def processes(url: str, n: int, programs: int, rounds: int, mode: str) -> dict[str, Any]:
     """``n`` client processes of ``programs`` programs each, started together: their rounds
     over the span from the first start to the last end."""
     start_at = time.time() + 30  # after every child has imported and warmed up
     children = [subprocess.Popen([sys.executable, __file__, "--child", "--url", url,
                                   "--programs", str(programs), "--rounds", str(rounds),
-                                  "--start-at", str(start_at)], stdout=subprocess.PIPE)
+                                  "--start-at", str(start_at), "--scale-mode", mode],
+                                 stdout=subprocess.PIPE)
                 for _ in range(n)]
     reports = [json.loads(c.communicate()[0]) for c in children]
     span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    return {"processes": n, "programs_per_process": programs,
+    return {"processes": n, "mode": mode, "programs_per_process": programs,
             "rounds": sum(r["rounds"] for r in reports),
             "rounds_per_s": round(sum(r["rounds"] for r in reports) / span, 1)}
 
@@ -317,8 +320,12 @@ def main() -> None:
     parser.add_argument("--programs", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=16, help="rounds per program")
     parser.add_argument("--long", type=int, default=8192, help="tokens already in the prompt")
-    parser.add_argument("--modes", nargs="*", default=["tokens", "text"])
+    parser.add_argument("--modes", nargs="*", default=["tokens", "tokens+openai", "text"],
+                        help="tokens (through LiteLLM), tokens+openai (Endpoint(client="
+                        "'openai')), text")
     parser.add_argument("--processes", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--scale-mode", default="tokens+openai",
+                        help="the mode the N-process runs use")
     parser.add_argument("--profile", help="write a cProfile of the 50-program token graph run")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
@@ -333,7 +340,7 @@ def main() -> None:
         for mode in args.modes:
             for long in (0, args.long):
                 for programs in (1, args.programs):
-                    for path in ("graph", "httpx"):
+                    for path in ("graph", "httpx") if "+" not in mode else ("graph",):
                         profile = (Path(args.profile) if args.profile and path == "graph"
                                    and mode == "tokens" and programs > 1 and not long
                                    else None)
@@ -341,7 +348,7 @@ def main() -> None:
                                     profile)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-        scaling = [processes(server.url, n, args.programs, args.rounds)
+        scaling = [processes(server.url, n, args.programs, args.rounds, args.scale_mode)
                    for n in args.processes]
         for row in scaling:
             print(json.dumps(row), flush=True)

@@ -105,10 +105,13 @@ def token_server() -> Iterator[tuple[Endpoint, TokenScript]]:
         server.server_close()
 
 
+@pytest.mark.parametrize("client", ["litellm", "openai"])
 async def test_think_close_mid_chunk_stops_probing_and_answers_from_after_it(
-    token_server: tuple[Endpoint, TokenScript],
+    token_server: tuple[Endpoint, TokenScript], client: str,
 ) -> None:
-    endpoint, script = token_server
+    served, script = token_server
+    # The same requests whether LiteLLM or the OpenAI client it wraps sends them.
+    endpoint = Endpoint.model_validate({**served.model_dump(), "client": client})
     script.stream = ["r0 ", "r1 ", "r2 ", "r3 ", "r4 ", "r5 ", "</think>", "\n\nThe ", "answer ",
                      "is ", "\\boxed{12}."]
     script.probes = ["7}"]
