@@ -77,7 +77,7 @@ from pydantic import Field
 
 from ._endpoint import _NO_TOKENIZE, Endpoint, _ids, post_json, tokenize
 from ._errors import ServerRefused
-from ._probe import ProbeSettings, ask_probe, emit_probe_event
+from ._probe import ProbeConfig, ask_probe, emit_probe_event
 from .certaindex import Decision, StopReason, probe_agreement, route_on
 
 __all__ = [
@@ -86,6 +86,7 @@ __all__ = [
     "AgentProbe",
     "AgentStopReason",
     "AgentUsage",
+    "EarlyStopConfig",
     "EarlyStopMiddleware",
     "EarlyStopNode",
     "EarlyStopReport",
@@ -106,7 +107,7 @@ AgentStopReason = StopReason
 calls already made; ``finished``: the model answered without tools by itself."""
 
 
-class EarlyStopSettings(ProbeSettings):
+class EarlyStopConfig(ProbeConfig):
     """When an agent's run may end early, and how its answer is probed."""
 
     certainty_threshold: int = Field(
@@ -122,6 +123,10 @@ class EarlyStopSettings(ProbeSettings):
     dry_run: bool = Field(
         default=False, description="Probe and report what stopping would save, never stop"
     )
+
+
+EarlyStopSettings = EarlyStopConfig
+"""The name :class:`EarlyStopConfig` had before 0.2; kept for existing code."""
 
 
 class AgentUsage(TypedDict):
@@ -329,7 +334,7 @@ async def _advance(
     ai: AIMessage,
     tools: Sequence[dict[str, Any]],
     endpoint: Endpoint,
-    settings: EarlyStopSettings,
+    settings: EarlyStopConfig,
 ) -> EarlyStopReport:
     """Account for the model step that answered ``prompt`` with ``ai``, probe, and decide."""
     run = _this_run(prompt)
@@ -411,10 +416,10 @@ class EarlyStopMiddleware(AgentMiddleware[EarlyStopState, Any, Any]):
 
     state_schema = EarlyStopState
 
-    def __init__(self, endpoint: Endpoint, settings: EarlyStopSettings | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, settings: EarlyStopConfig | None = None) -> None:
         super().__init__()
         self.endpoint = endpoint
-        self.settings = settings or EarlyStopSettings()
+        self.settings = settings or EarlyStopConfig()
 
     async def awrap_model_call(
         self,
@@ -453,7 +458,7 @@ class EarlyStopMiddleware(AgentMiddleware[EarlyStopState, Any, Any]):
 
 def early_stop_node(
     endpoint: Endpoint,
-    settings: EarlyStopSettings | None = None,
+    settings: EarlyStopConfig | None = None,
     *,
     tools: Sequence[BaseTool | dict[str, Any]] = (),
     system_prompt: str | None = None,
@@ -464,7 +469,7 @@ def early_stop_node(
     step's prompt exactly. It writes ``early_stop`` and, when the run stops, swaps the step's
     AI message for the final answer; route after it with :func:`early_stop_condition`.
     """
-    settings = settings or EarlyStopSettings()
+    settings = settings or EarlyStopConfig()
     schemas = _openai_tools(tools)
 
     async def early_stop(state: AgentLoopState) -> dict[str, Any]:

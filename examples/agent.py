@@ -48,8 +48,8 @@ from langgraph.types import Checkpointer
 from dynasor_graph import Endpoint
 from dynasor_graph.agents import (
     AgentLoopState,
+    EarlyStopConfig,
     EarlyStopMiddleware,
-    EarlyStopSettings,
     early_stop_condition,
     early_stop_node,
 )
@@ -198,7 +198,7 @@ def chat_model(endpoint: Endpoint, *, max_tokens: int = 256) -> BaseChatModel:
 
 def build_agent(
     endpoint: Endpoint,
-    settings: EarlyStopSettings | None = None,
+    settings: EarlyStopConfig | None = None,
     *,
     model: BaseChatModel | None = None,
     tools: Sequence[BaseTool] = TOOLS,
@@ -218,7 +218,7 @@ def build_agent(
 
 def build_graph(
     endpoint: Endpoint,
-    settings: EarlyStopSettings | None = None,
+    settings: EarlyStopConfig | None = None,
     *,
     model: BaseChatModel | None = None,
     tools: Sequence[BaseTool] = TOOLS,
@@ -243,7 +243,7 @@ def build_graph(
     return builder.compile(name="dynasor_agent_graph")
 
 
-async def ask(question: str, endpoint: Endpoint, settings: EarlyStopSettings,
+async def ask(question: str, endpoint: Endpoint, settings: EarlyStopConfig,
               tool_choice: ToolChoice) -> dict[str, Any]:
     """Run the agent on one question; return its answer and early-stop report."""
     agent = build_agent(endpoint, settings, tool_choice=tool_choice)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tool-choice", choices=["auto", "none"], default="auto")
     parser.add_argument("--threshold", type=int, default=2)
     args = parser.parse_args(argv)
-    settings = EarlyStopSettings(certainty_threshold=args.threshold, dry_run=args.dry_run)
+    settings = EarlyStopConfig(certainty_threshold=args.threshold, dry_run=args.dry_run)
     with default_endpoint() as endpoint:
         result = asyncio.run(ask(args.question, endpoint, settings, args.tool_choice))
     print(json.dumps(result, indent=2))

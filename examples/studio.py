@@ -48,7 +48,7 @@ from dynasor_graph import (
     create_rebase,
     create_sc,
 )
-from dynasor_graph.agents import EarlyStopSettings
+from dynasor_graph.agents import EarlyStopConfig
 from dynasor_graph.rewards import JudgeReward
 
 # langgraph dev loads this file by path: make its sibling example importable.
@@ -145,9 +145,9 @@ def dynasor_rebase(config: RunnableConfig) -> CompiledStateGraph[Any, Any, Any, 
     return create_rebase(endpoint, JudgeReward(endpoint), settings)
 
 
-def _agent_settings(config: RunnableConfig) -> EarlyStopSettings:
+def _agent_settings(config: RunnableConfig) -> EarlyStopConfig:
     options = _configurable(config)
-    return EarlyStopSettings.model_validate(
+    return EarlyStopConfig.model_validate(
         {k: options[k] for k in ("certainty_threshold", "min_steps", "dry_run")
          if options.get(k) is not None})
 

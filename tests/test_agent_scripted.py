@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from scripted_server import ScriptedServer
 
 from dynasor_graph import Endpoint
-from dynasor_graph.agents import DEFAULT_AGENT_PROBE_SUFFIX, EarlyStopSettings
+from dynasor_graph.agents import DEFAULT_AGENT_PROBE_SUFFIX, EarlyStopConfig
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 
@@ -106,7 +106,7 @@ LAMPS: list[Turn] = [
 ]
 
 
-async def run_agent(endpoint: Endpoint, settings: EarlyStopSettings | None = None,
+async def run_agent(endpoint: Endpoint, settings: EarlyStopConfig | None = None,
                     early_stop: bool = True) -> dict[str, Any]:
     agent = build_agent(endpoint, settings, early_stop=early_stop)
     return dict(await agent.ainvoke({"messages": [HumanMessage("How many lamps?")]}))
@@ -120,7 +120,7 @@ async def test_stops_at_the_step_where_the_probes_agree(server: ScriptedServer,
                                                        endpoint: Endpoint) -> None:
     # probes after steps 1, 2, 3: a guess, then 2880 twice → Certaindex 1.0 at step 3
     server.script.turns, server.script.probes = LAMPS, ["100}", "2880}", "2880} \\]"]
-    result = await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    result = await run_agent(endpoint, EarlyStopConfig(certainty_threshold=2))
     report = result["early_stop"]
     assert (report["stop_reason"], report["decision"], report["certaindex"]) == (
         "certain", "exit", 1.0)
@@ -150,7 +150,7 @@ async def test_stops_at_the_step_where_the_probes_agree(server: ScriptedServer,
 async def test_probe_repeats_the_step_prompt_with_the_same_tools(server: ScriptedServer,
                                                                 endpoint: Endpoint) -> None:
     server.script.turns, server.script.probes = LAMPS, ["7}"]
-    await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    await run_agent(endpoint, EarlyStopConfig(certainty_threshold=2))
     log = server.script.log
     step_2, probe_2 = log[2]["body"], log[3]["body"]
     assert probe_2["messages"][:-1] == step_2["messages"]
@@ -167,7 +167,7 @@ async def test_dry_run_measures_what_stopping_saves_against_both_real_runs(
     server: ScriptedServer, endpoint: Endpoint
 ) -> None:
     probes = ["100}", "2880}", "2880}", "2880}"]
-    settings = EarlyStopSettings(certainty_threshold=2)
+    settings = EarlyStopConfig(certainty_threshold=2)
     server.script.turns, server.script.probes = LAMPS, probes
     baseline = await run_agent(endpoint, early_stop=False)
     base_calls, base_tokens = server.script.count("model"), model_tokens(server.script)
@@ -196,14 +196,14 @@ async def test_repeated_identical_tool_call_ends_the_run(server: ScriptedServer,
     server.script.turns = [[("calculate", {"expression": "2 + 2"})],
                            [("calculate", {"expression": "2 + 2"})], "4"]
     server.script.probes = ["4}", "hmm 4}"]  # the second probe hesitates: no certainty
-    result = await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    result = await run_agent(endpoint, EarlyStopConfig(certainty_threshold=2))
     report = result["early_stop"]
     assert (report["stop_reason"], report["answer"], report["certaindex"]) == (
         "repeated_tool_call", "4", 0.0)
     assert result["messages"][-1].content == "4" and result["messages"][-1].tool_calls == []
     assert report["usage"]["tool_calls"] == 1  # the repeat never ran
     server.script.log.clear()
-    no_repeat = EarlyStopSettings(certainty_threshold=2, stop_on_repeated_tool_calls=False)
+    no_repeat = EarlyStopConfig(certainty_threshold=2, stop_on_repeated_tool_calls=False)
     result = await run_agent(endpoint, no_repeat)
     assert result["early_stop"]["stop_reason"] == "finished"
     assert result["early_stop"]["usage"]["tool_calls"] == 2
@@ -211,7 +211,7 @@ async def test_repeated_identical_tool_call_ends_the_run(server: ScriptedServer,
 
 async def test_min_steps_delays_the_stop(server: ScriptedServer, endpoint: Endpoint) -> None:
     server.script.turns, server.script.probes = LAMPS, ["2880}"]
-    result = await run_agent(endpoint, EarlyStopSettings(certainty_threshold=1, min_steps=4))
+    result = await run_agent(endpoint, EarlyStopConfig(certainty_threshold=1, min_steps=4))
     report = result["early_stop"]
     assert report["stop_reason"] == "certain"
     assert report["usage"]["model_calls"] == 4 and report["usage"]["tool_calls"] == 3
@@ -230,7 +230,7 @@ async def test_unsettled_answers_run_to_the_natural_end(server: ScriptedServer,
 async def test_probe_events_stream_as_custom_events(server: ScriptedServer,
                                                    endpoint: Endpoint) -> None:
     server.script.turns, server.script.probes = LAMPS, ["100}", "2880}", "2880}"]
-    agent = build_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    agent = build_agent(endpoint, EarlyStopConfig(certainty_threshold=2))
     events = [chunk async for mode, chunk in agent.astream(
         {"messages": [HumanMessage("q")]}, stream_mode=["custom", "updates"]) if mode == "custom"]
     assert [(e["step"], e["answer"], e["certaindex"], e["decision"]) for e in events] == [
@@ -243,7 +243,7 @@ async def test_a_second_turn_on_the_thread_starts_a_fresh_report(
     from langgraph.checkpoint.memory import InMemorySaver
 
     server.script.turns, server.script.probes = LAMPS, ["2880}"]
-    agent = build_agent(endpoint, EarlyStopSettings(certainty_threshold=2),
+    agent = build_agent(endpoint, EarlyStopConfig(certainty_threshold=2),
                         checkpointer=InMemorySaver())
     thread = {"configurable": {"thread_id": "t"}}
     first = await agent.ainvoke({"messages": [HumanMessage("q1")]}, thread)
@@ -257,7 +257,7 @@ async def test_a_second_turn_on_the_thread_starts_a_fresh_report(
 async def test_hand_built_graph_stops_the_same_way(server: ScriptedServer,
                                                   endpoint: Endpoint) -> None:
     server.script.turns, server.script.probes = LAMPS, ["100}", "2880}", "2880}"]
-    graph = build_graph(endpoint, EarlyStopSettings(certainty_threshold=2))
+    graph = build_graph(endpoint, EarlyStopConfig(certainty_threshold=2))
     result = await graph.ainvoke({"messages": [HumanMessage("How many lamps?")]})
     report = result["early_stop"]
     assert (report["stop_reason"], report["answer"]) == ("certain", "2880")
@@ -278,7 +278,7 @@ async def test_hand_built_graph_stops_the_same_way(server: ScriptedServer,
 )
 def test_settings_are_validated(values: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        EarlyStopSettings.model_validate(values)
+        EarlyStopConfig.model_validate(values)
 
 
 @pytest.mark.parametrize(
@@ -325,7 +325,7 @@ async def test_text_mode_probe_carries_the_step_thinking_before_the_suffix(
 ) -> None:
     server.script.turns, server.script.probes = LAMPS, ["2880}"]
     server.script.thinking = THINKING
-    await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    await run_agent(endpoint, EarlyStopConfig(certainty_threshold=2))
     log = server.script.log
     assert [e["kind"] for e in log[:4]] == ["model", "probe", "model", "probe"]
     for step, probe in ((0, 1), (1, 3)):
@@ -413,7 +413,7 @@ async def test_token_mode_probe_extends_the_step_rendered_prompt_inside_the_thin
     endpoint, state = token_server
     state.script.turns, state.script.probes = LAMPS, ["2880}"]
     state.script.thinking = THINKING
-    await run_agent(endpoint, EarlyStopSettings(certainty_threshold=2))
+    await run_agent(endpoint, EarlyStopConfig(certainty_threshold=2))
     steps = [r["body"] for r in state.requests if r["path"].endswith("/chat/completions")]
     probes = [r["body"] for r in state.requests if r["path"].endswith("/v1/completions")]
     assert len(probes) == 2 and len(steps) == 2

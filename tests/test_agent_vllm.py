@@ -18,7 +18,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from test_vllm import counters
 
 from dynasor_graph import Endpoint
-from dynasor_graph.agents import EarlyStopSettings
+from dynasor_graph.agents import EarlyStopConfig
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 
@@ -39,7 +39,7 @@ class ToolCallingFake(GenericFakeChatModel):
 async def test_agent_run_completes_with_the_middleware_and_counts_tokens(
     local_vllm: Endpoint,
 ) -> None:
-    agent = build_agent(local_vllm, EarlyStopSettings(seed=0), tool_choice="none",
+    agent = build_agent(local_vllm, EarlyStopConfig(seed=0), tool_choice="none",
                         model=chat_model(local_vllm, max_tokens=12))
     before = counters(local_vllm)
     result = await agent.ainvoke({"messages": [HumanMessage(QUESTION)]})
@@ -65,7 +65,7 @@ async def test_probes_with_tool_history_are_served_and_counted(local_vllm: Endpo
                                    "id": "c2", "type": "tool_call"}]),
         AIMessage("2880"),
     ])
-    settings = EarlyStopSettings(certainty_threshold=2, min_steps=1, probe_max_tokens=8, seed=0)
+    settings = EarlyStopConfig(certainty_threshold=2, min_steps=1, probe_max_tokens=8, seed=0)
     agent = build_agent(local_vllm, settings, model=ToolCallingFake(messages=turns))
     before = counters(local_vllm)
     result = await agent.ainvoke({"messages": [HumanMessage(QUESTION)]})
