@@ -112,7 +112,7 @@ def run_clients(args: argparse.Namespace, api_base: str, model: str, load: str, 
         for process in processes:
             assert process.stdin is not None
             process.stdin.write(f"{start_at}\n")
-            process.stdin.close()
+            process.stdin.flush()  # communicate() closes it
         outs = [process.communicate(timeout=3600)[0] for process in processes]
         for process, out in zip(processes, outs, strict=True):
             if process.returncode != 0:
