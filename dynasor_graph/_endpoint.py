@@ -455,8 +455,10 @@ _NO_TOKENIZE: set[str] = set()  # servers that answered /tokenize with 404: text
 _TOKENIZED: dict[tuple[str, str, str], tuple[int, ...]] = {}  # (server, model, text) → ids
 
 
-async def render_chat(endpoint: Endpoint, messages: list[Message]) -> list[int] | None:
-    """The conversation rendered through the server's chat template (generation prompt on,
+async def render_chat(endpoint: Endpoint, messages: list[Message],
+                      tools: Sequence[dict[str, Any]] = ()) -> list[int] | None:
+    """The conversation (and an agent step's ``tools``) rendered through the server's chat
+    template (generation prompt on,
     ``chat_template_kwargs`` passed through) as token ids, from vLLM's ``/tokenize``; ``None``
     in text mode (``continuation="text"``, or ``auto`` and the server has no ``/tokenize``)."""
     if endpoint.continuation == "text" or (
@@ -464,6 +466,8 @@ async def render_chat(endpoint: Endpoint, messages: list[Message]) -> list[int] 
         return None
     body: dict[str, Any] = {"model": endpoint.served_name, "messages": messages,
                             "add_generation_prompt": True}
+    if tools:
+        body["tools"] = list(tools)
     if endpoint.chat_template_kwargs:
         body["chat_template_kwargs"] = endpoint.chat_template_kwargs
     try:

@@ -75,8 +75,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import Field
 
-from ._endpoint import _NO_TOKENIZE, Endpoint, _ids, post_json, tokenize
-from ._errors import ServerRefused
+from ._endpoint import Endpoint, _ids, post_json, render_chat, tokenize
 from ._probe import ProbeConfig, ask_probe, emit_probe_event
 from .certaindex import Decision, StopReason, probe_agreement, route_on
 
@@ -285,30 +284,6 @@ def _probe_prefix(thinking: str, draft: str) -> str:
     return "".join(f"{part.rstrip()}\n\n" for part in (thinking, draft) if part.strip())
 
 
-async def _render_step(endpoint: Endpoint, messages: list[dict[str, Any]],
-                       tools: Sequence[dict[str, Any]]) -> list[int] | None:
-    """The step's prompt (messages and tools, generation prompt on) as the server's chat
-    template renders it, from vLLM's ``/tokenize``; ``None`` in text mode (as
-    :func:`~dynasor_graph._endpoint.render_chat`, which takes no tools)."""
-    if endpoint.continuation == "text" or (
-            endpoint.continuation == "auto" and endpoint.server_root in _NO_TOKENIZE):
-        return None
-    body: dict[str, Any] = {"model": endpoint.served_name, "messages": messages,
-                            "add_generation_prompt": True}
-    if tools:
-        body["tools"] = list(tools)
-    if endpoint.chat_template_kwargs:
-        body["chat_template_kwargs"] = endpoint.chat_template_kwargs
-    try:
-        payload = await post_json(endpoint, "/tokenize", body, admit=False)
-    except ServerRefused as exc:
-        if exc.status_code in (404, 405) and endpoint.continuation == "auto":
-            _NO_TOKENIZE.add(endpoint.server_root)
-            return None
-        raise
-    return _ids(payload, endpoint, "/tokenize")
-
-
 async def _probe_tokens(endpoint: Endpoint, prompt_ids: Sequence[int], thinking: str,
                         prefix: str) -> list[int]:
     """The probe text's ids after the step's rendered prompt: the open-thinking marker first
@@ -355,7 +330,7 @@ async def _advance(
                                usage=usage, would_stop=would_stop, saved=saved)
     chat, thinking = _openai_messages(prompt), step_thinking(ai)
     prefix = _probe_prefix(thinking, ai.text)
-    prompt_ids = await _render_step(endpoint, chat, tools)
+    prompt_ids = await render_chat(endpoint, chat, tools)
     generated = (await _probe_tokens(endpoint, prompt_ids, thinking, prefix)
                  if prompt_ids is not None else [])
     reply = await ask_probe(endpoint, chat, prefix, settings, seed=settings.seed, tools=tools,
