@@ -381,35 +381,6 @@ def _vllm_args(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-def _serve_with(port: int, classifier: bool, vllm_args: list[str]) -> None:
-    """``serve_forever`` with more vLLM flags: one line (the ``/v1`` base) once it answers,
-    then serve until SIGINT or SIGTERM."""
-    import signal
-    import time
-
-    from ._errors import LocalServerError
-    from .local._server import LocalServer, _failure
-
-    def _interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server = LocalServer(port, classifier=classifier, extra_args=vllm_args)
-    try:
-        server.start()
-        print(server.api_base, flush=True)
-        while server.running:
-            time.sleep(0.5)
-        raise LocalServerError(f"the local vLLM server exited unexpectedly"
-                               f"{_failure(server.log_path)}")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dynasor-graph`` console script."""
     args = _parser().parse_args(argv)
@@ -426,7 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.replicas > 1:
                     raise ValueError("--scheduling-policy and --max-num-seqs apply to one server "
                                      "(not yet to --replicas)")
-                _serve_with(args.port or default_port, args.classifier, vllm_args)
+                serve_forever(args.port or default_port, classifier=args.classifier,
+                              extra_args=vllm_args)
                 return 0
             if args.replicas > 1:
                 from .local._fleet import serve_fleet_forever

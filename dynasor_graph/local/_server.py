@@ -492,9 +492,11 @@ def _terminate_group(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def serve_forever(port: int | None = None, *, classifier: bool = False) -> None:
+def serve_forever(port: int | None = None, *, classifier: bool = False,
+                  extra_args: Sequence[str] = ()) -> None:
     """Run the local server until Ctrl-C or SIGTERM (``dynasor-graph serve-local``); with
-    ``classifier`` SmolLM2 as a yes/no classifier on ``/classify``.
+    ``classifier`` SmolLM2 as a yes/no classifier on ``/classify``; ``extra_args`` are more
+    vLLM flags (``--scheduling-policy priority``, ``--max-num-seqs N``).
 
     Prints exactly one line to stdout, the ``/v1`` API base, once the server answers.
     """
@@ -505,7 +507,7 @@ def serve_forever(port: int | None = None, *, classifier: bool = False) -> None:
     # Explicit handlers: a shell's background job inherits SIGINT ignored, and Ctrl-C or
     # `kill -INT` must still stop the server cleanly.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server = LocalServer(port, classifier=classifier)
+    server = LocalServer(port, classifier=classifier, extra_args=extra_args)
     try:
         server.start()
         print(server.api_base, flush=True)
