@@ -217,24 +217,32 @@ def ensure_model() -> Path:
     return target
 
 
-def _run_conversion(gguf: Path, out: Path) -> None:
+def run_offline(main: str, args: list[str], *, timeout_s: float, what: str) -> None:
+    """Run ``main`` (``"module:function"`` of this package) in a child Python with the hub
+    offline, for a model build that must not hold torch in this process; a failure or a
+    timeout is a :class:`LocalServerError` that names ``what`` and the child's last line."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")
     package_root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    code = "from dynasor_graph.local._server import _convert_main; _convert_main()"
+    module, function = main.split(":")
+    code = f"from {module} import {function}; {function}()"
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", code, str(gguf), str(out)],
-            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=_CONVERT_TIMEOUT_S, check=False,
-        )
+        done = subprocess.run([sys.executable, "-c", code, *args], env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise LocalServerError(f"model conversion took over {_CONVERT_TIMEOUT_S:.0f} s") from exc
+        raise LocalServerError(f"{what} took over {timeout_s:.0f} s") from exc
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         last = lines[-1] if lines else f"exit status {done.returncode}"
-        raise LocalServerError(f"converting {gguf.name} to a Hugging Face model failed: {last}")
+        raise LocalServerError(f"{what} failed: {last}")
+
+
+def _run_conversion(gguf: Path, out: Path) -> None:
+    run_offline("dynasor_graph.local._server:_convert_main", [str(gguf), str(out)],
+                timeout_s=_CONVERT_TIMEOUT_S,
+                what=f"converting {gguf.name} to a Hugging Face model")
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import LocalServerError
-from ._server import _INSTALL_LOCAL, _MARKER, MODEL_DIR_NAME, _require, cache_dir, ensure_model
+from ._server import (
+    _INSTALL_LOCAL,
+    _MARKER,
+    MODEL_DIR_NAME,
+    _require,
+    cache_dir,
+    ensure_model,
+    run_offline,
+)
 
 THINK_VARIANT_DIR_NAME = f"{MODEL_DIR_NAME}-think"
 THINK_TOKENS = ("<think>", "</think>")
@@ -131,19 +137,5 @@ def ensure_think_variant() -> Path:
 
 
 def _run_build(source: Path, out: Path) -> None:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1")
-    package_root = str(Path(__file__).resolve().parent.parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    code = "from dynasor_graph.local._variants import _build_main; _build_main()"
-    try:
-        done = subprocess.run([sys.executable, "-c", code, str(source), str(out)], env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=_BUILD_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise LocalServerError(f"building the think variant took over {_BUILD_TIMEOUT_S:.0f} s"
-                               ) from exc
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        last = lines[-1] if lines else f"exit status {done.returncode}"
-        raise LocalServerError(f"building the think variant of {source.name} failed: {last}")
+    run_offline("dynasor_graph.local._variants:_build_main", [str(source), str(out)],
+                timeout_s=_BUILD_TIMEOUT_S, what=f"building the think variant of {source.name}")
