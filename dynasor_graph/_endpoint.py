@@ -415,8 +415,11 @@ def _openai_client(endpoint: Endpoint) -> Any:
     clients = _OPENAI.setdefault(asyncio.get_running_loop(), {})
     key = (endpoint.api_base, endpoint.api_key.get_secret_value())
     if key not in clients or _client().is_closed:
-        clients[key] = openai.AsyncOpenAI(base_url=endpoint.api_base, api_key=key[1],
-                                          http_client=_client(), max_retries=0)
+        # openai >= 3.57 types http_client as httpx2's client (its fork of httpx) and still
+        # takes an httpx one: the pooled client is shared with /tokenize and the reward calls.
+        clients[key] = openai.AsyncOpenAI(
+            base_url=endpoint.api_base, api_key=key[1], max_retries=0,
+            http_client=_client())  # type: ignore[arg-type, unused-ignore]
     return clients[key]
 
 
