@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="queue (default): the in-process admission queue; vllm_priority: "
                        "every request carries the policy's priority to a server started with "
                        "--scheduling-policy priority, no in-process queue; both")
+    bench.add_argument("--gang", action="store_true",
+                       help="with --scheduler: order by each program's start, not each "
+                       "request's send time (programs finish one after another)")
     bench.add_argument("--arrival-rate", type=float,
                        help="programs arriving per second (default: all at once; implies fifo)")
     bench.add_argument("--deadline-s", type=float,
@@ -359,9 +362,9 @@ def _bench(args: argparse.Namespace, problems: list[Problem],
     scheduler = None
     if args.scheduler or args.arrival_rate:
         scheduler = SchedulerConfig(policy=args.scheduler or "fifo", mode=args.scheduler_mode,
-                                    max_in_flight=args.concurrency)
-    elif args.scheduler_mode != "queue":
-        raise ValueError("--scheduler-mode needs --scheduler")
+                                    max_in_flight=args.concurrency, gang=args.gang)
+    elif args.scheduler_mode != "queue" or args.gang:
+        raise ValueError("--scheduler-mode and --gang need --scheduler")
     with default_endpoint(args.model, args.api_base, args.api_key, timeout_s=args.timeout,
                           **_endpoint_options(args)) as endpoint:
         rows, summary = asyncio.run(run_bench(
@@ -393,20 +396,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             default_port = LOCAL_PORT + 1 if args.classifier else LOCAL_PORT
             vllm_args = _vllm_args(args)
-            if vllm_args:
-                if args.replicas > 1:
-                    raise ValueError("--scheduling-policy and --max-num-seqs apply to one server "
-                                     "(not yet to --replicas)")
-                serve_forever(args.port or default_port, classifier=args.classifier,
-                              extra_args=vllm_args)
-                return 0
             if args.replicas > 1:
                 from .local._fleet import serve_fleet_forever
 
                 serve_fleet_forever(args.replicas, args.port or default_port,
-                                    policy=args.router_policy, classifier=args.classifier)
+                                    policy=args.router_policy, classifier=args.classifier,
+                                    extra_args=vllm_args)
                 return 0
-            serve_forever(args.port or default_port, classifier=args.classifier)
+            serve_forever(args.port or default_port, classifier=args.classifier,
+                          extra_args=vllm_args)
             return 0
         if args.command in ("record", "replay", "bench"):
             _evaluate(args)

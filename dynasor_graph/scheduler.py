@@ -18,6 +18,11 @@ are not changed; the scheduler learns each program's Certaindex from the run's `
   program whose closeness is below ``signal_below`` (no probe has agreed yet, no budget
   spent) keeps its FIFO place: where the Certaindex says nothing, the order *is* FIFO. No
   request is overtaken by one sent more than ``starvation_s`` after it (starvation guard).
+* **gang** (optional, the paper's gang scheduling): a request's place is its *program's* start
+  instead of its own send time, so a program's later rounds keep the place it arrived with and
+  programs finish one after another instead of sharing the server round by round (request
+  FIFO over multi-round programs is processor sharing). Under ``fifo`` that is program FIFO
+  (Parrot's App-FIFO); under ``certaindex`` the advance then moves whole programs.
 * **budgets**: each program may generate ``program_budget`` tokens (reasoning + probes); what a
   program did not use returns to a pool that uncertain programs borrow from
   (``reallocate``), all within ``global_token_budget``. A program stops before a request whose
@@ -86,6 +91,8 @@ class SchedulerConfig(BaseModel):
         "later than this after it never go first")
     signal_below: float = Field(
         default=0.5, ge=0, le=1, description="closeness below this is no signal: FIFO place")
+    gang: bool = Field(
+        default=False, description="order by the program's start, not the request's send time")
 
     @model_validator(mode="after")
     def _budgets(self) -> SchedulerConfig:
@@ -132,6 +139,7 @@ class _Program:
     id: str
     seq: int
     start: float
+    wall_start: float  # time.time() at start: the clock every client process shares
     limit: int | None  # tokens it may generate; grows when it borrows
     deadline: float | None
     certaindex: float = 0.0
@@ -194,7 +202,8 @@ class Scheduler:
         start = asyncio.get_running_loop().time()  # the clock asyncio.timeout_at reads
         limit = timeout_s if timeout_s is not None else self.config.timeout_s
         program = _Program(id=program_id or f"program-{seq}", seq=seq, start=start,
-                           limit=self._allot(), deadline=start + limit if limit else None)
+                           wall_start=time.time(), limit=self._allot(),
+                           deadline=start + limit if limit else None)
         token = admission.set(functools.partial(self._admit, program))
         tags = request_tags.set(functools.partial(self._tags, program)
                                 if self.config.mode != "queue" else None)
@@ -332,13 +341,18 @@ class Scheduler:
         return self.config.starvation_s * self.closeness(program)
 
     def _priority(self, waiter: _Waiter) -> tuple[float, ...]:
-        """Smaller goes first: send time, advanced by the program's closeness (module doc)."""
-        return (waiter.since - self._advance(waiter.program), waiter.seq)
+        """Smaller goes first: send time (program start with ``gang``), advanced by the
+        program's closeness (module doc)."""
+        program = waiter.program
+        place = program.start if self.config.gang else waiter.since
+        return (place - self._advance(program), program.seq if self.config.gang else 0,
+                waiter.seq)
 
     def priority(self, program: _Program) -> int:
         """The vLLM ``priority`` of a request of ``program`` sent now: its key in deciseconds
         since :data:`PRIORITY_EPOCH` (wall clock, so every process on the host agrees)."""
-        return int((time.time() - PRIORITY_EPOCH - self._advance(program)) * 10)
+        place = program.wall_start if self.config.gang else time.time()
+        return int((place - PRIORITY_EPOCH - self._advance(program)) * 10)
 
     def _tags(self, program: _Program, max_tokens: int) -> dict[str, Any]:
         """The request-tagging hook: vLLM's ``priority`` for the program's next request."""

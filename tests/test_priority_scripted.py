@@ -128,6 +128,31 @@ async def test_little_budget_left_raises_priority_and_the_guard_bounds_it(
     assert all(-SLACK <= a <= 1 for a in script.advances("F"))
 
 
+async def test_gang_gives_every_request_its_programs_start(
+    recording: tuple[Recording, Endpoint],
+) -> None:
+    """With ``gang`` every request of a program carries its program's start (the same number
+    for each hesitant request, whenever it is sent), advanced like the request-level key."""
+    script, endpoint = recording
+    await own(script, endpoint, S=SETTLES, H=HESITANT)
+    script.delay_s = 0.05
+    config = CoTConfig(chunk_size=10, max_tokens=40, certainty_threshold=3, probe_max_tokens=4)
+    scheduler = Scheduler(SchedulerConfig(mode="vllm_priority", starvation_s=30, gang=True))
+    before = int((time.time() - PRIORITY_EPOCH) * 10)
+    await run_all(scheduler, endpoint, config, ["S", "H"])
+    sent = {program: [p for user, p, _ in script.seen if user == program]
+            for program in ("S", "H")}
+    h = sent["H"]
+    assert len(h) == 8 and len(set(h)) == 1 and before <= h[0] <= before + SLACK
+    # S: its start for the four requests without a signal, then 30 s x 2/3 = 200 ds ahead of it.
+    s = sent["S"]
+    assert len(s) == 6 and len(set(s[:4])) == 1 and before <= s[0] <= before + SLACK
+    assert all(s[0] - 201 <= p <= s[0] - 199 for p in s[4:])
+    # H's requests arrived over more than 3 deciseconds: a request-level key would have moved.
+    arrivals = [arrival for user, _, arrival in script.seen if user == "H"]
+    assert arrivals[-1] - arrivals[0] > 0.3
+
+
 async def test_priority_mode_sends_at_once_and_keeps_program_level_decisions(
     recording: tuple[Recording, Endpoint],
 ) -> None:

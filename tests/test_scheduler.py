@@ -90,6 +90,21 @@ async def test_without_a_certaindex_signal_the_order_is_fifo(
     assert logs["certaindex"] == logs["fifo"]
 
 
+@pytest.mark.parametrize("policy", ["fifo", "certaindex"])
+async def test_gang_keeps_each_programs_place(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint, policy: str
+) -> None:
+    """With ``gang`` a request's place is its program's start: the programs that started first
+    hold the slot until they finish (the one slot alternates between the two oldest, since a
+    program asks again only after its answer), and the third starts after them."""
+    scripted.script.delay_s = 0.05
+    scripts(scripted, H1=HESITANT, H2=HESITANT, H3=HESITANT)
+    config = CoTConfig(chunk_size=10, max_tokens=30, certainty_threshold=2, probe_max_tokens=4)
+    scheduler = Scheduler(SchedulerConfig(policy=policy, max_in_flight=1, gang=True))
+    await run_all(scheduler, scripted_endpoint, config, ["H1", "H2", "H3"])
+    assert "".join(p[-1] for p in scheduler.admission_log) == "12" * 6 + "3" * 6
+
+
 async def test_starved_requests_escalate_to_request_order(
     scripted: ScriptedServer, scripted_endpoint: Endpoint
 ) -> None:

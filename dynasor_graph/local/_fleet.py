@@ -200,7 +200,9 @@ class Fleet:
     """N local vLLM replicas behind ``vllm-router`` on 127.0.0.1, as one OpenAI base URL.
 
     Use as a context manager or call :meth:`start` and :meth:`stop` (from a thread that lives
-    as long as the fleet: the router dies with the thread that started it). ``replicas`` holds
+    as long as the fleet: the router dies with the thread that started it). ``extra_args`` go
+    to every replica (``--scheduling-policy priority``: each replica orders its own waiting
+    queue by the ``priority`` every request carries). ``replicas`` holds
     the :class:`LocalServer` of each replica (their ``/metrics`` are per replica; the router's
     ``/metrics`` answers with one replica's).
     """
@@ -212,6 +214,7 @@ class Fleet:
         *,
         policy: str = "consistent_hash",
         classifier: bool = False,
+        extra_args: Sequence[str] = (),
         startup_timeout_s: float = 600,
         log_path: Path | None = None,
     ) -> None:
@@ -219,7 +222,8 @@ class Fleet:
             raise ValueError("replicas must be at least 1")
         if policy not in ROUTER_POLICIES:
             raise ValueError(f"policy must be one of {', '.join(ROUTER_POLICIES)}")
-        self.replicas = [LocalServer(startup_timeout_s=startup_timeout_s, classifier=classifier)
+        self.replicas = [LocalServer(startup_timeout_s=startup_timeout_s, classifier=classifier,
+                                     extra_args=extra_args)
                          for _ in range(replicas)]
         self.served_name = self.replicas[0].served_name
         self._router = Router([server.base_url for server in self.replicas], port,
@@ -297,7 +301,8 @@ class Fleet:
 
 
 def serve_fleet_forever(replicas: int, port: int | None = None, *,
-                        policy: str = "consistent_hash", classifier: bool = False) -> None:
+                        policy: str = "consistent_hash", classifier: bool = False,
+                        extra_args: Sequence[str] = ()) -> None:
     """Run :class:`Fleet` until Ctrl-C or SIGTERM (``dynasor-graph serve-local --replicas N``).
 
     Prints exactly one line to stdout, the router's ``/v1`` API base, once it answers; each
@@ -308,7 +313,7 @@ def serve_fleet_forever(replicas: int, port: int | None = None, *,
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    fleet = Fleet(replicas, port, policy=policy, classifier=classifier)
+    fleet = Fleet(replicas, port, policy=policy, classifier=classifier, extra_args=extra_args)
     try:
         fleet.start()
         for index, server in enumerate(fleet.replicas):
