@@ -5,7 +5,8 @@ through its own :class:`~dynasor_graph.Scheduler`. ``fifo`` is the plain serving
 budget, no early termination). ``certaindex`` gets ``--program-budget`` (default: none), which
 sets the tokens left its SJF priority ranks on; with ``--abstain-after`` a third policy,
 ``certaindex+abstain``, also stops programs whose Certaindex is below ``--abstain-below`` after
-that share of the budget. Reported per policy: programs finished per minute, goodput (programs
+that share of the budget; ``--gang`` adds ``certaindex+gang`` (each request placed at its
+program's start, not its send time). Reported per policy: programs finished per minute, goodput (programs
 finished within the deadline per minute; abstentions count as finished, ``answered goodput``
 leaves them out), p50/p95 latency from arrival to answer, deadline hit rate, tokens (the
 server's ``usage``) and accuracy. An unmeasured warm-up pass runs first (``--no-warmup``: none),
@@ -34,6 +35,9 @@ def policies(args: argparse.Namespace) -> dict[str, SchedulerConfig]:
     cap, budget = args.concurrency, args.program_budget
     configs = {"fifo": SchedulerConfig(policy="fifo", max_in_flight=cap),
                "certaindex": SchedulerConfig(max_in_flight=cap, program_budget=budget)}
+    if args.gang:
+        configs["certaindex+gang"] = SchedulerConfig(max_in_flight=cap, program_budget=budget,
+                                                     gang=True)
     if args.abstain_after is not None:
         configs["certaindex+abstain"] = SchedulerConfig(
             max_in_flight=cap, program_budget=budget, abstain_after=args.abstain_after,
@@ -56,6 +60,8 @@ def main() -> None:
     parser.add_argument("--abstain-after", type=float,
                         help="adds certaindex+abstain: share of the budget after which it stops "
                              "hopeless programs (needs --program-budget)")
+    parser.add_argument("--gang", action="store_true",
+                        help="adds certaindex+gang: requests placed at their program's start")
     parser.add_argument("--abstain-below", type=float, default=0.5,
                         help="certaindex+abstain: hopeless means Certaindex below this")
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
