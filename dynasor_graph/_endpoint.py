@@ -17,6 +17,7 @@ of the server's answer: unreachable and busy (429/5xx) are retried by the graphs
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import os
 import re
@@ -401,25 +402,26 @@ def _client() -> httpx.AsyncClient:
     return client
 
 
-_OPENAI: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Any]] = (
+_OPENAI: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, float], Any]] = (
     weakref.WeakKeyDictionary())
 
 
 def _openai_client(endpoint: Endpoint) -> Any:
-    """An ``AsyncOpenAI`` over the shared httpx client, one per loop and server: the client of
-    the token route (:func:`complete_tokens`)."""
+    """An ``AsyncOpenAI`` over the shared httpx client, one per loop, server and timeout: the
+    client of the token route (:func:`complete_tokens`). Its timeout is the endpoint's:
+    ``litellm.atext_completion`` does not pass its ``timeout`` on to a client it is given."""
     import asyncio
 
     import openai
 
     clients = _OPENAI.setdefault(asyncio.get_running_loop(), {})
-    key = (endpoint.api_base, endpoint.api_key.get_secret_value())
+    key = (endpoint.api_base, endpoint.api_key.get_secret_value(), endpoint.timeout_s)
     if key not in clients or _client().is_closed:
         # openai >= 3.57 types http_client as httpx2's client (its fork of httpx) and still
         # takes an httpx one: the pooled client is shared with /tokenize and the reward calls.
         clients[key] = openai.AsyncOpenAI(
             base_url=endpoint.api_base, api_key=key[1], max_retries=0,
-            http_client=_client())  # type: ignore[arg-type, unused-ignore]
+            timeout=endpoint.timeout_s, http_client=_client())  # type: ignore[arg-type, unused-ignore]
     return clients[key]
 
 
@@ -520,11 +522,16 @@ async def complete_tokens(
     token starts in the text.
 
     By default the request goes through LiteLLM's text route (``text-completion-openai/``),
-    over the pooled ``AsyncOpenAI`` client. ``Endpoint(client="openai")`` sends the very same
-    request through that client directly: LiteLLM's per-call logging walks every leaf of the
-    request (each of the prompt's ids) and prices every response, 11 ms of client CPU per call
-    with an 8k-token prompt against 2 ms without it (``benchmarks/client_overhead.py``); the
-    errors are the same (:func:`endpoint_error` reads the OpenAI SDK's as it reads LiteLLM's).
+    over the pooled ``AsyncOpenAI`` client: through ``litellm.atext_completion`` while LiteLLM
+    has anything to do around a call (:func:`_litellm_observed`: callbacks, a cache, a budget,
+    global headers or model aliases), else straight through the OpenAI text-completion
+    handler ``atext_completion`` ends in (:func:`_litellm_handler`), skipping the per-call
+    logging object, pricing and success handler nobody would read (they walk every leaf of the
+    request, each of the prompt's ids: 4-9 ms of client CPU per call against under 2 ms,
+    ``benchmarks/client_overhead.py``). ``Endpoint(client="openai")`` sends the very same
+    request through the OpenAI SDK client directly. The request body is the same on every
+    route, and so are the errors (:func:`endpoint_error` reads the OpenAI SDK's as it reads
+    LiteLLM's).
     """
     extra_body: dict[str, Any] = {"return_token_ids": True}
     extra_body.update(_request_tags(max_tokens))
@@ -546,11 +553,15 @@ async def complete_tokens(
             litellm.suppress_debug_info = True
             seed_body = {"seed": request.pop("seed")} if "seed" in request else {}
             request["extra_body"] = {**extra_body, "logprobs": 0, **seed_body}
-            call = litellm.atext_completion(
-                model=f"text-completion-openai/{endpoint.served_name}",
-                client=_openai_client(endpoint), api_base=endpoint.api_base,
-                api_key=endpoint.api_key.get_secret_value(), num_retries=0, max_retries=0,
-                **request)
+            handler = None if _litellm_observed() else _litellm_handler()
+            if handler is not None:
+                call = _through_handler(handler, endpoint, request)
+            else:
+                call = litellm.atext_completion(
+                    model=f"text-completion-openai/{endpoint.served_name}",
+                    client=_openai_client(endpoint), api_base=endpoint.api_base,
+                    api_key=endpoint.api_key.get_secret_value(), num_retries=0,
+                    max_retries=0, **request)
         response = await _admitted(max_tokens, call)
     except Exception as exc:
         raise endpoint_error(exc, endpoint) from exc
@@ -577,6 +588,72 @@ async def complete_tokens(
         token_ids=tuple(int(i) for i in generated),
         token_offsets=tuple(int(o) for o in offsets or ()),
     )
+
+
+_LITELLM_HOOKS = ("callbacks", "success_callback", "failure_callback", "input_callback",
+                  "service_callback", "_async_success_callback", "_async_failure_callback",
+                  "_async_input_callback", "cache", "max_budget", "headers", "model_alias_map")
+"""LiteLLM's globals that make a call do more than send its request: callbacks of any kind
+(logging, tracing, spend tracking), the response cache, the budget, headers added to every
+request, model aliases."""
+
+
+def _litellm_observed() -> bool:
+    """True when any of LiteLLM's :data:`_LITELLM_HOOKS` is set: a token-route call must then
+    go through ``litellm.atext_completion`` so that they all see it, as they see every call."""
+    import litellm
+
+    return any(getattr(litellm, name, None) for name in _LITELLM_HOOKS)
+
+
+_HANDLER_ARGS = frozenset({"logging_obj", "api_base", "data", "headers", "model_response",
+                           "api_key", "model", "timeout", "max_retries", "client"})
+
+
+@functools.cache
+def _litellm_handler() -> Any | None:
+    """LiteLLM's OpenAI text-completion handler, the one ``atext_completion`` hands a
+    ``text-completion-openai/`` call to; ``None`` where this LiteLLM has none with the
+    expected ``acompletion`` arguments (then every call takes ``atext_completion``)."""
+    import inspect
+
+    try:
+        from litellm.llms.openai.completion.handler import OpenAITextCompletion
+    except ImportError:
+        return None
+    if not inspect.signature(OpenAITextCompletion.acompletion).parameters.keys() >= _HANDLER_ARGS:
+        return None
+    return OpenAITextCompletion()
+
+
+class _Unlogged:
+    """The handler's logging object when nothing listens: its pre and post call hooks are
+    LiteLLM's logging, which has no callback to call."""
+
+    def pre_call(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def post_call(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _through_handler(handler: Any, endpoint: Endpoint, request: dict[str, Any]) -> Awaitable[Any]:
+    """``request`` through LiteLLM's text-completion handler: the same body (model, prompt,
+    sampling, ``extra_body``, ``extra_headers``) ``atext_completion`` builds, sent over the
+    same pooled client, answered by the same ``TextCompletionResponse``; the timeout is the
+    endpoint's, per request."""
+    data = {"model": endpoint.served_name, "prompt": request["prompt"],
+            "temperature": request["temperature"], "top_p": request["top_p"],
+            "max_tokens": request["max_tokens"], "extra_body": request["extra_body"],
+            "timeout": endpoint.timeout_s}
+    if "extra_headers" in request:
+        data["extra_headers"] = request["extra_headers"]
+    result: Awaitable[Any] = handler.acompletion(
+        logging_obj=_Unlogged(), api_base=endpoint.api_base, data=data, headers={},
+        model_response=None, api_key=endpoint.api_key.get_secret_value(),
+        model=endpoint.served_name, timeout=endpoint.timeout_s, max_retries=0,
+        client=_openai_client(endpoint))
+    return result
 
 
 async def extend(

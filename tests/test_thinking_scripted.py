@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from litellm.integrations.custom_logger import CustomLogger
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
 from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
@@ -105,13 +106,35 @@ def token_server() -> Iterator[tuple[Endpoint, TokenScript]]:
         server.server_close()
 
 
-@pytest.mark.parametrize("client", ["litellm", "openai"])
+class PreCallCounter(CustomLogger):  # type: ignore[misc]
+    """A LiteLLM callback counting the calls LiteLLM is about to send."""
+
+    calls = 0
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        self.calls += 1
+
+
+@pytest.mark.parametrize("client", ["litellm", "litellm+callback", "openai"])
 async def test_think_close_mid_chunk_stops_probing_and_answers_from_after_it(
-    token_server: tuple[Endpoint, TokenScript], client: str,
+    token_server: tuple[Endpoint, TokenScript], client: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import litellm
+
     served, script = token_server
-    # The same requests whether LiteLLM or the OpenAI client it wraps sends them.
-    endpoint = Endpoint.model_validate({**served.model_dump(), "client": client})
+    # The same requests whether LiteLLM or the OpenAI client it wraps sends them; with a
+    # LiteLLM callback set, every call goes through litellm.atext_completion and the callback
+    # sees it; with none, LiteLLM's text-completion handler sends it (no per-call logging).
+    endpoint = Endpoint.model_validate({**served.model_dump(),
+                                        "client": client.split("+")[0]})
+    counter = PreCallCounter()
+    if client == "litellm+callback":
+        monkeypatch.setattr(litellm, "callbacks", [counter])
+    elif client == "litellm":
+        async def unexpected(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("atext_completion with no LiteLLM callback set")
+
+        monkeypatch.setattr(litellm, "atext_completion", unexpected)
     script.stream = ["r0 ", "r1 ", "r2 ", "r3 ", "r4 ", "r5 ", "</think>", "\n\nThe ", "answer ",
                      "is ", "\\boxed{12}."]
     script.probes = ["7}"]
@@ -131,6 +154,7 @@ async def test_think_close_mid_chunk_stops_probing_and_answers_from_after_it(
     assert [e["prompt"] for e in script.log] == [4, 4 + 4 + suffix, 4 + 4, 4 + 8]
     assert usage["reasoning_prompt_tokens"] == 4 + 8 + 12
     assert usage["probe_prompt_tokens"] == 8 + suffix
+    assert counter.calls == (4 if client == "litellm+callback" else 0)
 
 
 async def test_an_early_exit_closes_the_thinking_before_the_answer(
