@@ -8,14 +8,17 @@ it, the client process runs:
 
 - **graph**: Dynasor-CoT programs through the package (LangGraph + the endpoint adapter), with
   a fixed budget and no early exit, so every program runs the same number of rounds; token
-  mode (``continuation="tokens"``) and text mode;
+  mode (``continuation="tokens"``: the default client, LiteLLM; ``tokens+callback``, the same
+  with a no-op LiteLLM callback set, so through ``litellm.atext_completion``;
+  ``tokens+openai``, ``Endpoint(client="openai")``) and text mode;
 - **httpx**: the same requests (same bodies) from a plain httpx loop: the floor.
 
 Each is run for 1 program and for ``--programs`` concurrent programs, with a short prompt and
 with ``--long`` tokens (default 8192) already in the prompt (the server renders the chat to
 that many ids; in text mode the question is that many words). Reported: rounds per second
 (wall) and ms of client CPU per round (``time.process_time``). ``--processes N`` also runs N
-client processes at once against the same server and sums their rounds per second.
+client processes at once against the same server (``--scale-mode``, default ``tokens``) and
+sums their rounds per second.
 ``--profile`` writes a cProfile of the graph run (50 programs, token mode).
 
     python benchmarks/client_overhead.py                       # all figures, ~1 min
@@ -201,6 +204,17 @@ class Clock:
 async def graph_run(url: str, mode: str, programs: int, rounds: int, long: int,
                     clock: Clock | None = None) -> int:
     mode, _, client = mode.partition("+")  # "tokens+openai": Endpoint(client="openai")
+    if client == "callback":
+        # The default client with a LiteLLM callback set (one that does nothing): every call
+        # then goes through litellm.atext_completion, as it did before the handler route.
+        import litellm
+        from litellm.integrations.custom_logger import CustomLogger
+
+        saved, litellm.callbacks = litellm.callbacks, [CustomLogger()]
+        try:
+            return await graph_run(url, f"{mode}+litellm", programs, rounds, long, clock)
+        finally:
+            litellm.callbacks = saved
     endpoint = Endpoint.model_validate({"model": "m", "api_base": f"{url}/v1",
                                         "continuation": mode, "client": client or "litellm",
                                         "max_retries": 0, "timeout_s": 600})
@@ -321,10 +335,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=16, help="rounds per program")
     parser.add_argument("--long", type=int, default=8192, help="tokens already in the prompt")
     parser.add_argument("--modes", nargs="*", default=["tokens", "tokens+openai", "text"],
-                        help="tokens (through LiteLLM), tokens+openai (Endpoint(client="
-                        "'openai')), text")
+                        help="tokens (the default client, LiteLLM), tokens+callback (the same "
+                        "with a no-op LiteLLM callback set: through litellm.atext_completion), "
+                        "tokens+openai (Endpoint(client='openai')), text")
     parser.add_argument("--processes", type=int, nargs="*", default=[1, 2])
-    parser.add_argument("--scale-mode", default="tokens+openai",
+    parser.add_argument("--scale-mode", default="tokens",
                         help="the mode the N-process runs use")
     parser.add_argument("--profile", help="write a cProfile of the 50-program token graph run")
     parser.add_argument("--out", help="write the figures as JSON here")
