@@ -13,6 +13,8 @@ orders its waiting queue by it — the clients share one policy with no coordina
   no budget, no abstention: ordering alone.
 - ``fifo+gang``, ``certaindex+gang``: the same, each request placed at its program's start
   instead of its send time (``gang``: program FIFO, Parrot's App-FIFO, under ``fifo``).
+- ``...+deadline``: the same with the load's deadline as the scheduler's soft ``deadline_s``
+  (a program past it goes behind every program still within it; every program is answered).
 - ``certaindex+abstain``: the same with ``program_budget`` and ``abstain_after``: hopeless
   programs stop early (abstentions count toward goodput; ``answered goodput`` leaves them out).
 
@@ -63,8 +65,11 @@ METHOD, MAX_TOKENS, SEED = "cot:2@16", 128, 0
 PROGRAM_BUDGET, ABSTAIN_AFTER = 160, 0.5
 
 
-def policy(name: str) -> SchedulerConfig:
+def policy(name: str, deadline_s: float) -> SchedulerConfig:
     """The scheduler every client of a policy runs."""
+    if name.endswith("+deadline"):  # the same, with the load's deadline as a soft deadline
+        base = policy(name.removesuffix("+deadline"), deadline_s)
+        return SchedulerConfig.model_validate({**base.model_dump(), "deadline_s": deadline_s})
     if name == "fifo":
         return SchedulerConfig(policy="fifo", mode="vllm_priority")
     if name == "certaindex":
@@ -79,7 +84,8 @@ def policy(name: str) -> SchedulerConfig:
     raise ValueError(f"unknown policy {name}")
 
 
-POLICIES = ("fifo", "fifo+gang", "certaindex", "certaindex+gang", "certaindex+abstain")
+POLICIES = ("fifo", "fifo+gang", "certaindex", "certaindex+gang", "certaindex+abstain",
+            "fifo+deadline", "certaindex+deadline", "certaindex+gang+deadline")
 
 
 def client(args: argparse.Namespace) -> None:
@@ -101,7 +107,8 @@ def client(args: argparse.Namespace) -> None:
     offset = time.time() - start_at
     rows, _ = asyncio.run(run_bench(
         endpoint, problems, [METHOD], max_tokens=MAX_TOKENS, seed=SEED,
-        scheduler=policy(args.policy), arrival_rate=rate / args.clients if args.arrive else None,
+        scheduler=policy(args.policy, load["deadline_s"]),
+        arrival_rate=rate / args.clients if args.arrive else None,
         deadline_s=load["deadline_s"]))
     for row in rows:
         row["arrival_s"] = round(row["arrival_s"] + offset, 3)

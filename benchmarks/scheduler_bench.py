@@ -6,11 +6,11 @@ budget, no early termination). ``certaindex`` gets ``--program-budget`` (default
 sets the tokens left its SJF priority ranks on; with ``--abstain-after`` a third policy,
 ``certaindex+abstain``, also stops programs whose Certaindex is below ``--abstain-below`` after
 that share of the budget; ``--gang`` adds ``certaindex+gang`` (each request placed at its
-program's start, not its send time). Reported per policy: programs finished per minute, goodput (programs
-finished within the deadline per minute; abstentions count as finished, ``answered goodput``
-leaves them out), p50/p95 latency from arrival to answer, deadline hit rate, tokens (the
-server's ``usage``) and accuracy. An unmeasured warm-up pass runs first (``--no-warmup``: none),
-so the policies meet the same warm prefix cache::
+program's start, not its send time). Reported per policy: programs finished per minute, goodput
+(programs finished within the deadline per minute; abstentions count as finished, ``answered
+goodput`` leaves them out), p50/p95 latency from arrival to answer, deadline hit rate, tokens
+(the server's ``usage``) and accuracy. An unmeasured warm-up pass runs first (``--no-warmup``:
+none), so the policies meet the same warm prefix cache::
 
     python benchmarks/scheduler_bench.py --limit 30 --arrival-rate 0.3 --deadline-s 60
 """

@@ -23,6 +23,11 @@ are not changed; the scheduler learns each program's Certaindex from the run's `
   programs finish one after another instead of sharing the server round by round (request
   FIFO over multi-round programs is processor sharing). Under ``fifo`` that is program FIFO
   (Parrot's App-FIFO); under ``certaindex`` the advance then moves whole programs.
+* **soft deadline** (optional, ``deadline_s``): once a program has run longer than this, its
+  requests go behind every request of a program still within its deadline (among late ones,
+  the usual order). Under overload, request FIFO lets late programs keep their share, so the
+  ones that could still make it miss too; this serves those first and still answers every
+  program. A late program waits while on-time ones do: bound it with ``timeout_s``.
 * **budgets**: each program may generate ``program_budget`` tokens (reasoning + probes); what a
   program did not use returns to a pool that uncertain programs borrow from
   (``reallocate``), all within ``global_token_budget``. A program stops before a request whose
@@ -65,6 +70,10 @@ PRIORITY_EPOCH = 1_735_689_600.0
 the priorities of all client processes on one machine (one clock) compare."""
 
 
+LATE_S = 86_400.0
+"""How much later a late program's vLLM priority is: a day, behind any on-time request."""
+
+
 class SchedulerConfig(BaseModel):
     """How a :class:`Scheduler` shares one endpoint among programs."""
 
@@ -93,6 +102,9 @@ class SchedulerConfig(BaseModel):
         default=0.5, ge=0, le=1, description="closeness below this is no signal: FIFO place")
     gang: bool = Field(
         default=False, description="order by the program's start, not the request's send time")
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="soft deadline: past it a program's requests go behind "
+        "every on-time program's")
 
     @model_validator(mode="after")
     def _budgets(self) -> SchedulerConfig:
@@ -340,19 +352,26 @@ class Scheduler:
         """Seconds a request of ``program`` goes ahead of its arrival place (0 under fifo)."""
         return self.config.starvation_s * self.closeness(program)
 
+    def _late(self, program: _Program) -> bool:
+        """Past its soft deadline (``deadline_s``)."""
+        deadline = self.config.deadline_s
+        return deadline is not None and self._now() - program.start > deadline
+
     def _priority(self, waiter: _Waiter) -> tuple[float, ...]:
-        """Smaller goes first: send time (program start with ``gang``), advanced by the
-        program's closeness (module doc)."""
+        """Smaller goes first: late programs last; then send time (program start with
+        ``gang``), advanced by the program's closeness (module doc)."""
         program = waiter.program
         place = program.start if self.config.gang else waiter.since
-        return (place - self._advance(program), program.seq if self.config.gang else 0,
-                waiter.seq)
+        return (self._late(program), place - self._advance(program),
+                program.seq if self.config.gang else 0, waiter.seq)
 
     def priority(self, program: _Program) -> int:
         """The vLLM ``priority`` of a request of ``program`` sent now: its key in deciseconds
-        since :data:`PRIORITY_EPOCH` (wall clock, so every process on the host agrees)."""
+        since :data:`PRIORITY_EPOCH` (wall clock, so every process on the host agrees); a late
+        program's is :data:`LATE_S` later."""
         place = program.wall_start if self.config.gang else time.time()
-        return int((place - PRIORITY_EPOCH - self._advance(program)) * 10)
+        late = LATE_S if self._late(program) else 0.0
+        return int((place - PRIORITY_EPOCH - self._advance(program) + late) * 10)
 
     def _tags(self, program: _Program, max_tokens: int) -> dict[str, Any]:
         """The request-tagging hook: vLLM's ``priority`` for the program's next request."""

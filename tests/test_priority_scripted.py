@@ -16,7 +16,7 @@ import pytest
 from scripted_server import Script, ScriptedServer
 
 from dynasor_graph import CoTConfig, Endpoint, Scheduler, SchedulerConfig, create_cot
-from dynasor_graph.scheduler import PRIORITY_EPOCH, ProgramResult
+from dynasor_graph.scheduler import LATE_S, PRIORITY_EPOCH, ProgramResult
 
 SETTLES, HESITANT = "5}", "5} wait"
 SLACK = 5  # deciseconds between a request's priority (at send) and its arrival, at most
@@ -151,6 +151,25 @@ async def test_gang_gives_every_request_its_programs_start(
     # H's requests arrived over more than 3 deciseconds: a request-level key would have moved.
     arrivals = [arrival for user, _, arrival in script.seen if user == "H"]
     assert arrivals[-1] - arrivals[0] > 0.3
+
+
+async def test_a_late_programs_requests_go_a_day_back(
+    recording: tuple[Recording, Endpoint],
+) -> None:
+    """With ``deadline_s`` the requests a program sends after its soft deadline carry a
+    priority :data:`LATE_S` later than their send time; the ones before it their send time."""
+    script, endpoint = recording
+    await own(script, endpoint, H=HESITANT)
+    script.delay_s = 0.05
+    config = CoTConfig(chunk_size=10, max_tokens=100, certainty_threshold=2, probe_max_tokens=4)
+    scheduler = Scheduler(SchedulerConfig(policy="fifo", mode="vllm_priority", deadline_s=0.4))
+    result = (await run_all(scheduler, endpoint, config, ["H"]))["H"]
+    assert result.stop_reason == "budget" and result.requests == 20  # answered, not stopped
+    # Each request: at its send time (on time) or a day later (late); once late, late. The
+    # run takes at least 20 x 0.05 s, so both kinds occur.
+    kinds = [0 if -SLACK <= a <= 1 else 1 if LATE_S * 10 - SLACK <= a <= LATE_S * 10 + 1
+             else None for a in script.advances("H")]
+    assert len(kinds) == 20 and kinds == sorted(kinds) and kinds[0] == 0 and kinds[-1] == 1
 
 
 async def test_priority_mode_sends_at_once_and_keeps_program_level_decisions(

@@ -105,6 +105,38 @@ async def test_gang_keeps_each_programs_place(
     assert "".join(p[-1] for p in scheduler.admission_log) == "12" * 6 + "3" * 6
 
 
+@pytest.mark.parametrize("deadline_s", [None, 2.0])
+async def test_a_late_program_goes_behind_programs_within_their_deadline(
+    scripted: ScriptedServer, scripted_endpoint: Endpoint, deadline_s: float | None
+) -> None:
+    """H1 runs alone past its soft deadline; H2 and H3 arrive then. With ``deadline_s`` their
+    12 requests go before H1's next ones (a request of H1 slips in only when neither has one
+    waiting as the slot frees); without it the three share the slot in turn."""
+    scripted.script.delay_s = 0.1
+    scripts(scripted, H1=HESITANT, H2=HESITANT, H3=HESITANT)
+    scheduler = Scheduler(SchedulerConfig(policy="fifo", max_in_flight=1, deadline_s=deadline_s))
+    long = create_cot(scripted_endpoint, CoTConfig(chunk_size=10, max_tokens=200,
+                                                   certainty_threshold=2, probe_max_tokens=4))
+    short = create_cot(scripted_endpoint, CoTConfig(chunk_size=10, max_tokens=30,
+                                                    certainty_threshold=2, probe_max_tokens=4))
+
+    async def later(question: str) -> ProgramResult:
+        await asyncio.sleep(2.2)
+        return await scheduler.run(short, {"question": question}, program_id=question)
+
+    h1, h2, h3 = await asyncio.gather(scheduler.run(long, {"question": "H1"}, program_id="H1"),
+                                      later("H2"), later("H3"))
+    assert [r.requests for r in (h1, h2, h3)] == [40, 6, 6]
+    log = "".join(p[-1] for p in scheduler.admission_log)
+    first = min(log.index("2"), log.index("3"))
+    last = max(log.rindex("2"), log.rindex("3"))
+    interleaved = log[first:last + 1].count("1")
+    if deadline_s is None:
+        assert interleaved >= 5, log  # H1 keeps its turn
+    else:
+        assert interleaved <= 2, log  # H2 and H3 before the late program
+
+
 async def test_starved_requests_escalate_to_request_order(
     scripted: ScriptedServer, scripted_endpoint: Endpoint
 ) -> None:
