@@ -4,10 +4,13 @@
   request of a session (``X-Session-ID``, which every model call of a LangGraph run with a thread
   carries) reaches one worker, and Dynasor-CoT programs keep to their worker; with
   ``round_robin`` one session's requests alternate between the workers.
-- Real (``vllm``): ``dynasor-graph serve-local --replicas 2`` — two local vLLM replicas and the
-  router, one base URL; each program's requests all reach one replica (per-replica ``/metrics``),
-  the programs' summed usage equals the sum of both replicas' token counters, and SIGINT stops
-  the router and both replicas.
+- Real (``vllm``): ``dynasor-graph serve-local --replicas 2 --scheduling-policy priority`` —
+  two local vLLM replicas, each in priority mode (its own log shows vLLM's
+  ``scheduling_policy``), and the router, one base URL; programs run through a
+  ``Scheduler(mode="vllm_priority")``, so every request carries its priority through the
+  router; each program's requests all reach one replica (per-replica ``/metrics``), the
+  programs' summed usage equals the sum of both replicas' token counters, and SIGINT stops the
+  router and both replicas.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import httpx
 import pytest
 from scripted_server import SERVED_NAME, Script
 
-from dynasor_graph import CoTConfig, Endpoint, create_cot
+from dynasor_graph import CoTConfig, Endpoint, Scheduler, SchedulerConfig, create_cot
 from dynasor_graph._state import sum_usage
 from dynasor_graph.eval._metrics import counter_delta as delta
 from dynasor_graph.eval._metrics import server_counters
@@ -161,9 +164,10 @@ async def test_serve_local_replicas_keeps_each_program_on_one_replica() -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "dynasor_graph", "serve-local", "--replicas", "2",
-         "--port", str(port)],
+         "--port", str(port), "--scheduling-policy", "priority"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     replicas: list[str] = []
+    logs: list[str] = []
     try:
         assert process.stdout is not None and process.stderr is not None
         line = (await asyncio.to_thread(process.stdout.readline)).strip()
@@ -173,7 +177,11 @@ async def test_serve_local_replicas_keeps_each_program_on_one_replica() -> None:
             words = process.stderr.readline().split()
             if words[:1] == ["replica"]:
                 replicas.append(words[2].removesuffix("/v1"))
+                logs.append(words[4].removesuffix(")"))
         assert len(set(replicas)) == 2
+        for log in logs:  # vLLM's own record of its flags, on both replicas
+            with open(log, encoding="utf-8") as text:
+                assert "'scheduling_policy': 'priority'" in text.read()
         router = line
         endpoint = Endpoint(model=f"hosted_vllm/{SERVED_MODEL_NAME}", api_base=router,
                             timeout_s=300, max_retries=1)
@@ -201,14 +209,19 @@ async def test_serve_local_replicas_keeps_each_program_on_one_replica() -> None:
 
         config = CoTConfig(chunk_size=16, max_tokens=64, certainty_threshold=2, seed=0)
         graph = create_cot(endpoint, config)
+        scheduler = Scheduler(SchedulerConfig(mode="vllm_priority"))
         usages, start = [], [replica_counters(r) for r in replicas]
         for replica, threads in chosen.items():
             for thread in threads:
                 before = [replica_counters(r) for r in replicas]
-                result = await graph.ainvoke({"question": QUESTION},
-                                             {"configurable": {"thread_id": thread}})
+                tagged = len(scheduler.priority_log)
+                result = (await scheduler.run(graph, {"question": QUESTION},
+                                              {"configurable": {"thread_id": thread}})).output
                 spent = [delta(before[i], replica_counters(r)) for i, r in enumerate(replicas)]
                 usage = result["usage"]
+                # every request the replica answered went out with a priority
+                assert len(scheduler.priority_log) - tagged == (
+                    spent[replica]["vllm:request_success"])
                 usages.append(usage)
                 assert result["decision"] == "exit"
                 # every request of the program on its replica, none on the other
