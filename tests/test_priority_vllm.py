@@ -4,6 +4,9 @@ which waiting requests finish is the order vLLM chose).
 
 - One-call programs sent while a long request holds the only slot: the program the policy puts
   ahead (lowest priority number), sent last, finishes first; the others finish in send order.
+- ``gang`` and ``deadline_s``: a program that started first but sends its call last goes
+  ahead of calls sent before it (gang); a program past its soft deadline, sent first, goes
+  behind calls sent after it.
 - Dynasor-CoT programs in ``mode="vllm_priority"``: ``/metrics`` shows the run — one finished
   request per model call, generated tokens equal to the programs' usage, no preemption.
 """
@@ -21,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dynasor_graph import CoTConfig, Endpoint, Scheduler, SchedulerConfig, create_cot
 from dynasor_graph._endpoint import complete
 from dynasor_graph.local import LocalServer
-from dynasor_graph.scheduler import _Program
+from dynasor_graph.scheduler import LATE_S, _Program
 
 pytestmark = pytest.mark.vllm
 
@@ -58,6 +61,33 @@ class OneCall:
         yield {"answer": reply.text, "certaindex": 0.0}
 
 
+class LateCall(OneCall):
+    """A one-request program that works ``delay`` seconds before its call."""
+
+    def __init__(self, endpoint: Endpoint, delay: float) -> None:
+        super().__init__(endpoint)
+        self.delay = delay
+
+    async def astream(self, input: Any, config: Any = None, *, stream_mode: Any = "values",
+                      ) -> AsyncIterator[dict[str, Any]]:
+        await asyncio.sleep(self.delay)
+        async for state in super().astream(input, config, stream_mode=stream_mode):
+            yield state
+
+
+async def hold_the_slot(server: LocalServer, client: httpx.AsyncClient,
+                        ) -> asyncio.Task[httpx.Response]:
+    """A long request that holds the only slot once this returns."""
+    blocker = asyncio.create_task(client.post(f"{server.api_base}/completions", json={
+        "model": server.served_name, "prompt": "Once upon a time", "max_tokens": 300,
+        "ignore_eos": True}))
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        if counters(server)["vllm:num_requests_running"] >= 1:
+            break
+    return blocker
+
+
 class Settled(Scheduler):
     """A scheduler whose every program is about to finish (closeness 1): its requests go
     ``starvation_s`` ahead of their send time."""
@@ -80,13 +110,7 @@ async def test_the_program_put_ahead_finishes_first(priority_server: LocalServer
         finished.append(name)
 
     async with httpx.AsyncClient(timeout=300) as client:
-        blocker = asyncio.create_task(client.post(f"{priority_server.api_base}/completions", json={
-            "model": priority_server.served_name, "prompt": "Once upon a time",
-            "max_tokens": 300, "ignore_eos": True}))
-        for _ in range(100):  # until it holds the only slot
-            await asyncio.sleep(0.1)
-            if counters(priority_server)["vllm:num_requests_running"] >= 1:
-                break
+        blocker = await hold_the_slot(priority_server, client)
         runs = []
         for name in ("n0", "n1", "n2"):
             runs.append(asyncio.create_task(run(fifo, name)))
@@ -103,6 +127,37 @@ async def test_the_program_put_ahead_finishes_first(priority_server: LocalServer
     assert sent["urgent"] < sent["n0"] - 250
     after = counters(priority_server)
     assert after["vllm:request_success"] - before["vllm:request_success"] == 5
+
+
+async def test_gang_and_soft_deadline_reorder_vllms_queue(priority_server: LocalServer) -> None:
+    """While a long request holds the slot: "old" (gang) starts first and calls at 1.5 s, "late"
+    (soft deadline 0.3 s) calls at 1.0 s, past its deadline; "n0" and "n1" (fifo) call at 0.3
+    and 0.6 s. vLLM serves old (its program's start), n0, n1, then late (a day back)."""
+    endpoint = priority_server.endpoint().model_copy(update={"timeout_s": 300})
+    await OneCall(endpoint).astream({"question": "warm up"}).__anext__()
+    gang = Scheduler(SchedulerConfig(policy="fifo", mode="vllm_priority", gang=True))
+    soft = Scheduler(SchedulerConfig(policy="fifo", mode="vllm_priority", deadline_s=0.3))
+    fifo = Scheduler(SchedulerConfig(policy="fifo", mode="vllm_priority"))
+    finished: list[str] = []
+
+    async def run(scheduler: Scheduler, graph: OneCall, name: str, after: float) -> None:
+        await asyncio.sleep(after)
+        await scheduler.run(graph, {"question": f"Say {name}."}, program_id=name)
+        finished.append(name)
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        blocker = await hold_the_slot(priority_server, client)
+        runs = [asyncio.create_task(run(gang, LateCall(endpoint, 1.5), "old", 0)),
+                asyncio.create_task(run(soft, LateCall(endpoint, 1.0), "late", 0)),
+                asyncio.create_task(run(fifo, OneCall(endpoint), "n0", 0.3)),
+                asyncio.create_task(run(fifo, OneCall(endpoint), "n1", 0.6))]
+        await asyncio.sleep(2.0)
+        assert not blocker.done(), "the blocker ended before every program was waiting"
+        (await blocker).raise_for_status()
+        await asyncio.gather(*runs)
+    assert finished == ["old", "n0", "n1", "late"]
+    sent = dict(fifo.priority_log) | dict(gang.priority_log) | dict(soft.priority_log)
+    assert sent["old"] < sent["n0"] < sent["n1"] < sent["late"] - LATE_S * 10 + 20
 
 
 async def test_cot_programs_in_priority_mode_show_in_metrics(
