@@ -119,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--gang", action="store_true",
                        help="with --scheduler: order by each program's start, not each "
                        "request's send time (programs finish one after another)")
+    bench.add_argument("--soft-deadline", action="store_true",
+                       help="with --scheduler: --deadline-s is also the scheduler's soft "
+                       "deadline (a program past it goes behind every program within it)")
     bench.add_argument("--arrival-rate", type=float,
                        help="programs arriving per second (default: all at once; implies fifo)")
     bench.add_argument("--deadline-s", type=float,
@@ -360,11 +363,14 @@ def _bench(args: argparse.Namespace, problems: list[Problem],
     from .scheduler import SchedulerConfig
 
     scheduler = None
+    if args.soft_deadline and args.deadline_s is None:
+        raise ValueError("--soft-deadline needs --deadline-s")
     if args.scheduler or args.arrival_rate:
         scheduler = SchedulerConfig(policy=args.scheduler or "fifo", mode=args.scheduler_mode,
-                                    max_in_flight=args.concurrency, gang=args.gang)
-    elif args.scheduler_mode != "queue" or args.gang:
-        raise ValueError("--scheduler-mode and --gang need --scheduler")
+                                    max_in_flight=args.concurrency, gang=args.gang,
+                                    deadline_s=args.deadline_s if args.soft_deadline else None)
+    elif args.scheduler_mode != "queue" or args.gang or args.soft_deadline:
+        raise ValueError("--scheduler-mode, --gang and --soft-deadline need --scheduler")
     with default_endpoint(args.model, args.api_base, args.api_key, timeout_s=args.timeout,
                           **_endpoint_options(args)) as endpoint:
         rows, summary = asyncio.run(run_bench(

@@ -138,7 +138,7 @@ def test_a_short_scheduled_bench_on_the_real_vllm_reports_serving_figures(
          "--model", local_vllm.model, "--api-base", local_vllm.api_base,
          "--methods", "cot:2@16", "--max-tokens", "48", "--seed", "0",
          "--scheduler", "certaindex", "--concurrency", "2", "--arrival-rate", "2",
-         "--deadline-s", "600", "--out", str(tmp_path / "bench")],
+         "--deadline-s", "600", "--gang", "--soft-deadline", "--out", str(tmp_path / "bench")],
         capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr
     results = (tmp_path / "bench" / "results.jsonl").read_text(encoding="utf-8")
@@ -164,3 +164,10 @@ def test_bench_flags_are_checked_before_a_server_starts(capsys: pytest.CaptureFi
                  "--scheduler", "certaindex", "--arrival-rate", "0"]) == 1
     assert capsys.readouterr().err == (
         "dynasor-graph: --arrival-rate and --deadline-s must be positive\n")
+    assert main(["bench", "--dataset", "generated:arithmetic?n=1", "--out", "/nonexistent",
+                 "--scheduler", "certaindex", "--soft-deadline"]) == 1
+    assert capsys.readouterr().err == "dynasor-graph: --soft-deadline needs --deadline-s\n"
+    assert main(["bench", "--dataset", "generated:arithmetic?n=1", "--out", "/nonexistent",
+                 "--gang"]) == 1
+    assert capsys.readouterr().err == (
+        "dynasor-graph: --scheduler-mode, --gang and --soft-deadline need --scheduler\n")
