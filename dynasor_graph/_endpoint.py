@@ -638,18 +638,13 @@ class _Unlogged:
 
 
 def _through_handler(handler: Any, endpoint: Endpoint, request: dict[str, Any]) -> Awaitable[Any]:
-    """``request`` through LiteLLM's text-completion handler: the same body (model, prompt,
-    sampling, ``extra_body``, ``extra_headers``) ``atext_completion`` builds, sent over the
-    same pooled client, answered by the same ``TextCompletionResponse``; the timeout is the
-    endpoint's, per request."""
-    data = {"model": endpoint.served_name, "prompt": request["prompt"],
-            "temperature": request["temperature"], "top_p": request["top_p"],
-            "max_tokens": request["max_tokens"], "extra_body": request["extra_body"],
-            "timeout": endpoint.timeout_s}
-    if "extra_headers" in request:
-        data["extra_headers"] = request["extra_headers"]
+    """``request`` through LiteLLM's text-completion handler: the same body ``atext_completion``
+    builds (the served model and every field of ``request``: prompt, sampling, timeout,
+    ``extra_body``, ``extra_headers``), sent over the same pooled client, answered by the same
+    ``TextCompletionResponse``."""
     result: Awaitable[Any] = handler.acompletion(
-        logging_obj=_Unlogged(), api_base=endpoint.api_base, data=data, headers={},
+        logging_obj=_Unlogged(), api_base=endpoint.api_base,
+        data={"model": endpoint.served_name, **request}, headers={},
         model_response=None, api_key=endpoint.api_key.get_secret_value(),
         model=endpoint.served_name, timeout=endpoint.timeout_s, max_retries=0,
         client=_openai_client(endpoint))
