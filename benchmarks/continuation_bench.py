@@ -8,7 +8,7 @@ then ``/v1/completions`` with token ids: the "after"). The programs are Dynasor-
 set of generated arithmetic problems, seeded, with a fixed budget and no early exit
 (``certainty_threshold=64``), run one at a time.
 
-Every model call is wrapped (``_endpoint.complete`` / ``complete_tokens``) to read vLLM's
+Every model call is wrapped (``_token_route.complete`` / ``complete_tokens``) to read vLLM's
 ``/metrics`` before and after it: one request in flight, so the counter deltas are that
 request's. Per template and mode it reports:
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from dynasor_graph import CoTConfig, Endpoint, EndpointError, _endpoint, _probe, create_cot
+from dynasor_graph import CoTConfig, Endpoint, EndpointError, _probe, _token_route, create_cot
 from dynasor_graph._endpoint import Completion
 from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
 from dynasor_graph.eval import load_dataset
@@ -106,8 +106,8 @@ class Meter:
         self.program: Program | None = None
         self.first = self.suffix = self.generated = 0
         self.client = httpx.AsyncClient()
-        self.originals = (_endpoint.complete, vars(_probe)["complete"],
-                          _endpoint.complete_tokens)
+        self.originals = (vars(_token_route)["complete"], vars(_probe)["complete"],
+                          _token_route.complete_tokens)
 
     def start(self, program: Program, first: int, suffix: int) -> None:
         self.program, self.first, self.suffix, self.generated = program, first, suffix, 0
@@ -150,12 +150,12 @@ class Meter:
             return await self.measured(probe, lambda: complete_tokens(endpoint, prompt,
                                                                       **kwargs))
 
-        vars(_endpoint)["complete"] = text
+        vars(_token_route)["complete"] = text
         vars(_probe)["complete"] = text_probe
-        vars(_endpoint)["complete_tokens"] = tokens
+        vars(_token_route)["complete_tokens"] = tokens
 
     def uninstall(self) -> None:
-        for module, name, original in zip((_endpoint, _probe, _endpoint),
+        for module, name, original in zip((_token_route, _probe, _token_route),
                                           ("complete", "complete", "complete_tokens"),
                                           self.originals, strict=True):
             vars(module)[name] = original

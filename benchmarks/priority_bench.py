@@ -91,7 +91,7 @@ POLICIES = ("fifo", "fifo+gang", "certaindex", "certaindex+gang", "certaindex+ab
 def client(args: argparse.Namespace) -> None:
     """One client process: its share of the load's programs; rows as JSON on stdout. It warms
     up (imports, one 1-token request), says ``ready``, and starts at the time read from stdin."""
-    from dynasor_graph._endpoint import complete
+    from dynasor_graph._text_route import complete
     from dynasor_graph.eval import load_dataset, run_bench
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)

@@ -11,79 +11,59 @@ The package, by room::
       cot.py  sc.py  mcts.py  rebase.py   one algorithm each: config, state, nodes, factory
       _tree.py                            what MCTS and Rebase share
       _probe.py  certaindex.py            the probe; the Certaindex measures and route_on
-      _endpoint.py                        the endpoint adapter (LiteLLM → vLLM), errors
+      _endpoint.py                        the Endpoint config and the per-program hooks
+      _token_route.py  _text_route.py     the two ways to continue a program (LiteLLM → vLLM)
+      _http.py  _errors.py                connections; the errors and their translation
       rewards.py  agents.py  scheduler.py reward models; agent early stop; many programs
       eval/  local/                       evaluation tooling; the embedded local vLLM
+
+The root holds what most programs use; the rest lives in its module: states and outputs in
+:mod:`dynasor_graph.cot` / :mod:`~dynasor_graph.sc` / :mod:`~dynasor_graph.mcts`, the measures
+in :mod:`dynasor_graph.certaindex`, reward models in :mod:`dynasor_graph.rewards`, agent early
+stop in :mod:`dynasor_graph.agents`, evaluation in :mod:`dynasor_graph.eval`, the local server
+in :mod:`dynasor_graph.local`.
 """
 
-from . import certaindex, rewards
-from ._algorithms import ALGORITHMS, Algorithm, create_graph, solve
+from ._algorithms import Algorithm, create_graph, solve
 from ._endpoint import Endpoint
 from ._errors import (
-    DataFormatError,
     DynasorError,
     EndpointError,
     EndpointUnreachable,
-    LocalServerError,
     ServerBusy,
     ServerRefused,
 )
-from ._probe import ProbeConfig, ProbeSettings
-from ._state import CoTInput, Probe, Usage, add_usage
-from ._tree import TreeOutput
-from .certaindex import Decision, StopReason
-from .cot import (
-    CoTConfig,
-    CoTOutput,
-    CoTState,
-    certaindex_condition,
-    create_cot,
-    create_dynasor_cot,
-    probe_node,
-)
+from ._probe import ProbeConfig
+from ._state import Usage, add_usage
+from .cot import CoTConfig, certaindex_condition, create_cot, probe_node
 from .mcts import MCTSConfig, create_mcts
 from .rebase import RebaseConfig, create_rebase
-from .sc import SCConfig, SCOutput, create_sc
+from .sc import SCConfig, create_sc
 from .scheduler import Scheduler, SchedulerConfig
 
 __all__ = [
-    "ALGORITHMS",
     "Algorithm",
     "CoTConfig",
-    "CoTInput",
-    "CoTOutput",
-    "CoTState",
-    "DataFormatError",
-    "Decision",
     "DynasorError",
     "Endpoint",
     "EndpointError",
     "EndpointUnreachable",
-    "LocalServerError",
     "MCTSConfig",
-    "Probe",
     "ProbeConfig",
-    "ProbeSettings",
     "RebaseConfig",
     "SCConfig",
-    "SCOutput",
     "Scheduler",
     "SchedulerConfig",
     "ServerBusy",
     "ServerRefused",
-    "StopReason",
-    "TreeOutput",
     "Usage",
     "add_usage",
-    "certaindex",
     "certaindex_condition",
     "create_cot",
-    "create_dynasor_cot",
     "create_graph",
     "create_mcts",
     "create_rebase",
     "create_sc",
     "probe_node",
-    "rewards",
     "solve",
 ]

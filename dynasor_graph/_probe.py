@@ -17,7 +17,9 @@ from langgraph.config import get_stream_writer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._answers import HESITATION_WORDS, is_confident, probe_answer
-from ._endpoint import Completion, Endpoint, Message, complete, extend
+from ._endpoint import Completion, Endpoint, Message
+from ._text_route import complete
+from ._token_route import extend
 from .certaindex import Decision
 
 DEFAULT_PROBE_SUFFIX = (
@@ -37,10 +39,6 @@ class ProbeConfig(BaseModel):
     probe_top_p: float = Field(default=0.95, gt=0, le=1)
     hesitation_words: tuple[str, ...] = HESITATION_WORDS
     seed: int | None = Field(default=None, description="Sampling seed passed to the server")
-
-
-ProbeSettings = ProbeConfig
-"""The name :class:`ProbeConfig` had before 0.2 (every settings class is now a ``*Config``)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._answers import final_answer
 from ._compat import renamed_fields
-from ._endpoint import Endpoint, extend, render_chat, retry_policy
+from ._endpoint import Endpoint, retry_policy
 from ._state import (
     CoTInput,
     MultiPathOutput,
@@ -27,6 +27,7 @@ from ._state import (
     merge_by_id,
     sum_usage,
 )
+from ._token_route import extend, render_chat
 from .certaindex import answer_entropy, combine, reward_certaindex, weighted_majority
 from .rewards import RewardModel
 

@@ -75,8 +75,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import Field
 
-from ._endpoint import Endpoint, _ids, post_json, render_chat, tokenize
+from ._endpoint import Endpoint
+from ._http import post_json
 from ._probe import ProbeConfig, ask_probe, emit_probe_event
+from ._token_route import render_chat, token_ids, tokenize
 from .certaindex import Decision, StopReason, probe_agreement, route_on
 
 __all__ = [
@@ -89,7 +91,6 @@ __all__ = [
     "EarlyStopMiddleware",
     "EarlyStopNode",
     "EarlyStopReport",
-    "EarlyStopSettings",
     "EarlyStopState",
     "Savings",
     "WouldStop",
@@ -122,10 +123,6 @@ class EarlyStopConfig(ProbeConfig):
     dry_run: bool = Field(
         default=False, description="Probe and report what stopping would save, never stop"
     )
-
-
-EarlyStopSettings = EarlyStopConfig
-"""The name :class:`EarlyStopConfig` had before 0.2; kept for existing code."""
 
 
 class AgentUsage(TypedDict):
@@ -300,7 +297,7 @@ async def _probe_tokens(endpoint: Endpoint, prompt_ids: Sequence[int], thinking:
     payload = await post_json(endpoint, "/tokenize", {
         "model": endpoint.served_name, "prompt": prefix, "add_special_tokens": False},
         admit=False)
-    return _ids(payload, endpoint, "/tokenize")
+    return token_ids(payload, endpoint, "/tokenize")
 
 
 async def _advance(

@@ -31,10 +31,27 @@ from langgraph.types import Checkpointer
 from pydantic import Field
 
 from ._answers import final_answer
-from ._endpoint import Completion, Endpoint, extend, render_chat, retry_policy
+from ._endpoint import Completion, Endpoint, retry_policy
 from ._probe import ProbeConfig, ask_probe, emit_probe_event
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
+from ._token_route import extend, render_chat
 from .certaindex import Decision, StopReason, probe_agreement, route_on
+
+__all__ = [
+    "EFFORT_PRESETS",
+    "CoTConfig",
+    "CoTInput",
+    "CoTOutput",
+    "CoTState",
+    "Effort",
+    "Probe",
+    "certaindex_condition",
+    "create_cot",
+    "finish_node",
+    "prepare_node",
+    "probe_node",
+    "reason_node",
+]
 
 Effort = Literal["mild", "low", "mid", "high", "crazy"]
 
@@ -309,10 +326,6 @@ def create_cot(
     graph = builder.compile(checkpointer=checkpointer, name=name)
     # A full-budget run takes two supersteps a chunk: more than LangGraph's default limit of 25.
     return graph.with_config(recursion_limit=recursion_limit(config))
-
-
-create_dynasor_cot = create_cot
-"""The name :func:`create_cot` had before 0.2; kept for existing code."""
 
 
 def recursion_limit(config: CoTConfig) -> int:

@@ -44,6 +44,14 @@ from ._tree import (
 from .certaindex import route_on
 from .rewards import RewardModel
 
+__all__ = [
+    "MCTSConfig",
+    "TreeNode",
+    "TreeOutput",
+    "TreeState",
+    "create_mcts",
+]
+
 
 class MCTSConfig(TreeConfig):
     """MCTS: ``width`` children per expansion, at most ``max_width`` per node; UCT selection.

@@ -42,6 +42,14 @@ from ._tree import (
 from .certaindex import reward_concentration, route_on, softmax_weights
 from .rewards import RewardModel
 
+__all__ = [
+    "RebaseConfig",
+    "TreeOutput",
+    "TreeState",
+    "beam_counts",
+    "create_rebase",
+]
+
 
 class RebaseConfig(TreeConfig):
     """Rebase: a beam of ``width`` paths (widened up to ``max_width``) shared among frontier

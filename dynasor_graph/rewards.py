@@ -23,8 +23,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ._endpoint import Endpoint, Message, complete, post_json
+from ._endpoint import Endpoint, Message
 from ._errors import ServerRefused
+from ._http import post_json
+from ._text_route import complete
 
 JUDGE_PROMPT = (
     "Question:\n{question}\n\nProposed solution (it may be unfinished):\n{solution}\n\n"

@@ -30,7 +30,7 @@ from langgraph.types import Checkpointer, Send
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._compat import renamed_fields
-from ._endpoint import Endpoint, render_chat, retry_policy
+from ._endpoint import Endpoint, retry_policy
 from ._state import (
     CoTInput,
     MultiPathOutput,
@@ -40,6 +40,7 @@ from ._state import (
     merge_by_id,
     sum_usage,
 )
+from ._token_route import render_chat
 from .certaindex import answer_entropy, route_on
 from .cot import (
     CoTConfig,
@@ -50,6 +51,14 @@ from .cot import (
     probe_node,
     reason_node,
 )
+
+__all__ = [
+    "PathState",
+    "SCConfig",
+    "SCOutput",
+    "SCState",
+    "create_sc",
+]
 
 
 class SCConfig(BaseModel):

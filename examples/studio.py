@@ -36,9 +36,6 @@ from pydantic import SecretStr
 
 from dynasor_graph import (
     CoTConfig,
-    CoTInput,
-    CoTOutput,
-    CoTState,
     Endpoint,
     MCTSConfig,
     RebaseConfig,
@@ -49,6 +46,7 @@ from dynasor_graph import (
     create_sc,
 )
 from dynasor_graph.agents import EarlyStopConfig
+from dynasor_graph.cot import CoTInput, CoTOutput, CoTState
 from dynasor_graph.rewards import JudgeReward
 
 # langgraph dev loads this file by path: make its sibling example importable.

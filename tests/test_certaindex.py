@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from dynasor_graph import Probe
 from dynasor_graph.certaindex import (
     answer_entropy,
     combine,
@@ -18,6 +17,7 @@ from dynasor_graph.certaindex import (
     softmax_weights,
     weighted_majority,
 )
+from dynasor_graph.cot import Probe
 
 
 def probes(*answers: str, hesitant: tuple[int, ...] = ()) -> list[Probe]:

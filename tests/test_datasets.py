@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dynasor_graph import DataFormatError
-from dynasor_graph.eval import Problem, load_dataset
+from dynasor_graph.eval import DataFormatError, Problem, load_dataset
 
 
 def write(tmp_path: Path, *lines: str) -> Path:

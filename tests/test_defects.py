@@ -25,7 +25,6 @@ from scripted_server import Script, ScriptedServer
 import dynasor_graph.local._server as local_server
 from dynasor_graph import (
     CoTConfig,
-    DataFormatError,
     DynasorError,
     Endpoint,
     EndpointError,
@@ -37,6 +36,7 @@ from dynasor_graph import (
     create_sc,
 )
 from dynasor_graph.cli import main
+from dynasor_graph.eval import DataFormatError
 
 KEY = "sk-secret-7f3a"
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from dynasor_graph import LocalServerError
+from dynasor_graph.local import LocalServerError
 from dynasor_graph.local._server import LocalServer, _take_port_lock, free_port, wait_if_starting
 
 

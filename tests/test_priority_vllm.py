@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dynasor_graph import CoTConfig, Endpoint, Scheduler, SchedulerConfig, create_cot
-from dynasor_graph._endpoint import complete
+from dynasor_graph._text_route import complete
 from dynasor_graph.local import LocalServer
 from dynasor_graph.scheduler import LATE_S, _Program
 

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from dynasor_graph import DataFormatError
 from dynasor_graph.certaindex import answer_entropy
-from dynasor_graph.eval import load_traces, replay_traces
+from dynasor_graph.eval import DataFormatError, load_traces, replay_traces
 
 SETTINGS = {"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1", "chunk_size": 10,
             "max_tokens": 60, "seed": None}

@@ -122,17 +122,17 @@ async def test_think_close_mid_chunk_stops_probing_and_answers_from_after_it(
     import litellm
 
     served, script = token_server
-    # The same requests whether LiteLLM or the OpenAI client it wraps sends them; with a
-    # LiteLLM callback set, every call goes through litellm.atext_completion and the callback
-    # sees it; with none, LiteLLM's text-completion handler sends it (no per-call logging).
+    # The same requests whether LiteLLM or the OpenAI client it wraps sends them: client
+    # "litellm" goes through litellm.atext_completion, so a LiteLLM callback sees every call;
+    # client "openai" sends them through the OpenAI SDK alone, never through LiteLLM.
     endpoint = Endpoint.model_validate({**served.model_dump(),
                                         "client": client.split("+")[0]})
     counter = PreCallCounter()
     if client == "litellm+callback":
         monkeypatch.setattr(litellm, "callbacks", [counter])
-    elif client == "litellm":
+    elif client == "openai":
         async def unexpected(*args: Any, **kwargs: Any) -> None:
-            raise AssertionError("atext_completion with no LiteLLM callback set")
+            raise AssertionError("atext_completion with client='openai'")
 
         monkeypatch.setattr(litellm, "atext_completion", unexpected)
     script.stream = ["r0 ", "r1 ", "r2 ", "r3 ", "r4 ", "r5 ", "</think>", "\n\nThe ", "answer ",

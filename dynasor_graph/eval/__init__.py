@@ -14,6 +14,7 @@ Needs the ``eval`` extra (tqdm progress bars, the matplotlib plot)::
     rows, summary = replay_traces(traces)
 """
 
+from .._errors import DataFormatError
 from ._bench import DEFAULT_METHODS, run_bench
 from ._datasets import Problem, load_dataset
 from ._load import LoadReport, run_load
@@ -23,6 +24,7 @@ from ._traces import Trace, TraceProbe, load_traces, record_trace, record_traces
 
 __all__ = [
     "DEFAULT_METHODS",
+    "DataFormatError",
     "LoadReport",
     "Problem",
     "ResultRow",

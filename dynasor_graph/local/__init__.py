@@ -11,6 +11,7 @@ Needs the ``local`` extra::
         result = await create_cot(endpoint).ainvoke({"question": "What is 2 + 3?"})
 """
 
+from .._errors import LocalServerError
 from ._default import LOCAL_PORT, default_endpoint
 from ._server import (
     CLASSIFIER_MODEL_NAME,
@@ -26,6 +27,7 @@ __all__ = [
     "LOCAL_PORT",
     "SERVED_MODEL_NAME",
     "LocalServer",
+    "LocalServerError",
     "default_endpoint",
     "ensure_model",
     "free_port",

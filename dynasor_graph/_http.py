@@ -1,0 +1,88 @@
+"""Connections to the server: one pooled httpx client per event loop, the ``AsyncOpenAI``
+client over it, and :func:`post_json` for vLLM's own endpoints (``/tokenize``, ``/classify``).
+
+An async client cannot cross event loops, so each loop gets its own; the ``AsyncOpenAI``
+client shares the loop's httpx pool, so token-route generations, ``/tokenize`` and reward calls
+reuse the same connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ._endpoint import Endpoint, admitted
+from ._errors import EndpointUnreachable, ServerBusy, ServerRefused, body_message
+
+if TYPE_CHECKING:
+    import httpx
+    import openai
+
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary())
+_OPENAI: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str, float], openai.AsyncOpenAI]] = (
+    weakref.WeakKeyDictionary())
+
+
+def shared_client() -> httpx.AsyncClient:
+    """The running loop's pooled httpx client."""
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    client = _CLIENTS.get(loop)
+    if client is None or client.is_closed:
+        client = _CLIENTS[loop] = httpx.AsyncClient()
+    return client
+
+
+def openai_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
+    """An ``AsyncOpenAI`` over the loop's pooled httpx client, one per server, key and timeout.
+
+    It carries the endpoint's timeout itself: ``litellm.atext_completion`` does not pass its
+    ``timeout`` on to a client it is given. Retries are the graph's (``max_retries=0``).
+    """
+    import openai
+
+    clients = _OPENAI.setdefault(asyncio.get_running_loop(), {})
+    key = (endpoint.api_base, endpoint.api_key.get_secret_value(), endpoint.timeout_s)
+    if key not in clients or shared_client().is_closed:
+        # openai >= 3.57 types http_client as httpx2's client (its fork of httpx) and still
+        # takes an httpx one: the pooled client is shared with /tokenize and the reward calls.
+        clients[key] = openai.AsyncOpenAI(
+            base_url=endpoint.api_base, api_key=key[1], max_retries=0,
+            timeout=endpoint.timeout_s,
+            http_client=shared_client())  # type: ignore[arg-type, unused-ignore]
+    return clients[key]
+
+
+async def post_json(endpoint: Endpoint, path: str, body: dict[str, Any], *,
+                    admit: bool = True) -> dict[str, Any]:
+    """POST ``body`` to vLLM's own ``path`` (e.g. ``/classify``) with the endpoint's key and
+    timeout, through the admission hook unless ``admit=False`` (``/tokenize`` runs no model);
+    the JSON answer, or an :class:`~dynasor_graph.EndpointError`."""
+    import httpx
+
+    url = endpoint.server_root + path
+    headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}"}
+    request = shared_client().post(url, json=body, headers=headers, timeout=endpoint.timeout_s)
+    try:
+        response = await (admitted(0, request) if admit else request)
+    except httpx.TransportError as exc:
+        raise EndpointUnreachable(f"cannot reach {endpoint.api_base} ({path}): "
+                                  f"{exc or type(exc).__name__}",
+                                  api_base=endpoint.api_base) from exc
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    status = response.status_code
+    message = body_message(payload) or response.text[:300]
+    if status == 429 or status >= 500:
+        raise ServerBusy(f"{url} failed ({status}): {message}", api_base=endpoint.api_base,
+                         status_code=status)
+    if not response.is_success or not isinstance(payload, dict):
+        raise ServerRefused(f"{url} refused the request: {message}",
+                            api_base=endpoint.api_base, status_code=status)
+    return payload
