@@ -40,7 +40,7 @@ A stopped program ends normally: its result is the last state the graph reached,
 latest probe's answer and ``stop_reason`` ``budget``, ``timeout`` or ``abstained``::
 
     scheduler = Scheduler(SchedulerConfig(max_in_flight=4, program_budget=512))
-    graph = create_dynasor_cot(endpoint, CoTConfig(max_tokens=1024))
+    graph = create_cot(endpoint, CoTConfig(max_tokens=1024))
     results = await asyncio.gather(*(scheduler.run(graph, {"question": q}) for q in questions))
 """
 
