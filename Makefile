@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine:
 #   make demo   install, then answer a question with Dynasor-CoT on the embedded local vLLM
-#   make test   install, then ruff, mypy and every test (the real local vLLM included)
+#   make test   install, then ruff, mypy, the docs build and every test (the real local vLLM included)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUESTION ?= Tom has 3 boxes with 4 apples in each box. How many apples does Tom have?
 
-.PHONY: install demo test lint bench clean postgres-server
+.PHONY: install demo test lint docs bench clean postgres-server
 
 install: $(STAMP)
 
@@ -43,7 +43,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# The docs site, strict: a broken link, page or API reference fails the build (and `make test`).
+# Built outside the tree; NO_MKDOCS_2_WARNING silences mkdocs-material's banner about MkDocs 2.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(abspath $(VENV))/site
+
+test: lint docs
 	$(BIN)/python -m pytest -ra --durations=15
 
 clean:
