@@ -87,8 +87,9 @@ async def ask_probe(
 
 def emit_probe_event(reply: ProbeReply, certaindex: float, decision: Decision,
                      **where: int) -> None:
-    """Stream the probe (``stream_mode="custom"``): where it happened (``tokens=`` or
-    ``step=``), what it answered, its cost, and the Certaindex and decision it led to."""
+    """Stream the probe (``stream_mode="custom"``): where it happened (``tokens=`` and
+    ``chars=``, the reasoning's length in characters, or ``step=``), what it answered, its
+    cost, and the Certaindex and decision it led to."""
     get_stream_writer()({
         "event": "probe",
         **where,

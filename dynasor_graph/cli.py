@@ -1,5 +1,6 @@
 """The ``dynasor-graph`` command: ``solve`` a question, or ``serve-local`` the embedded vLLM;
-evaluate with ``record`` (probe traces), ``replay`` (stopping rules on traces) and ``bench``.
+evaluate with ``record`` (probe traces), ``replay`` (stopping rules on traces) and ``bench``;
+``calibrate`` certifies a stopping rule on traces, which ``solve`` and ``bench`` then run.
 
 Without an endpoint (no ``--api-base`` and no ``DYNASOR_API_BASE``) ``solve``, ``record`` and
 ``bench`` use the embedded default: SmolLM2-135M-Instruct on a local CPU vLLM, reused if one
@@ -47,13 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     solve.add_argument("--model", help="served model name or LiteLLM string ($DYNASOR_MODEL)")
     solve.add_argument("--api-base", help="server URL ending in /v1 ($DYNASOR_API_BASE)")
     solve.add_argument("--api-key", help="API key ($DYNASOR_API_KEY)")
-    solve.add_argument("--effort", choices=sorted(EFFORT_PRESETS), default="mid",
+    solve.add_argument("--effort", choices=sorted(EFFORT_PRESETS),
                        help="preset (threshold, chunk size); default mid = (3, 64)")
     solve.add_argument("--threshold", type=int, help="agreeing probes needed to exit")
     solve.add_argument("--chunk-size", type=int, help="tokens reasoned between probes")
     solve.add_argument("--max-tokens", type=int, help="reasoning token budget (default 2048)")
     solve.add_argument("--temperature", type=float, help="reasoning temperature (default 0.6)")
     solve.add_argument("--seed", type=int, help="sampling seed sent to the server")
+    solve.add_argument("--calibrated", type=Path, metavar="PATH",
+                       help="cot: run the rule `calibrate` certified in PATH (instead of "
+                       "--effort, --threshold, --chunk-size, --max-tokens, --temperature)")
     solve.add_argument("--timeout", type=float, help="per-request timeout in seconds")
     _model_arguments(solve)
     solve.add_argument("--width", type=int, help="sc: first paths; mcts: children per "
@@ -101,11 +105,31 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--methods", nargs="+", help="full, oracle, truncate:N, mild..crazy, "
                         "cot:T@C, entropy:X@W, sc, sc:X@D (default: those that fit)")
 
+    calibrate = commands.add_parser(
+        "calibrate", help="certify the most saving stopping rule on traces: accuracy loss "
+        "vs full reasoning <= EPS with probability >= 1-DELTA; write it as a config")
+    calibrate.add_argument("traces", type=Path, nargs="+", help="traces jsonl from `record`")
+    calibrate.add_argument("--max-accuracy-loss", type=float, required=True, metavar="EPS",
+                           help="accuracy the rule may lose against full reasoning (paired)")
+    calibrate.add_argument("--confidence", type=float, required=True, metavar="1-DELTA",
+                           help="probability, over the calibration traces, that it holds")
+    calibrate.add_argument("--out", type=Path, required=True,
+                           help="the calibrated-rule JSON to write (the plot goes beside it)")
+    calibrate.add_argument("--holdout", type=float, default=0.3,
+                           help="share of problems held out to report the realized loss")
+    calibrate.add_argument("--order", type=float, default=0.3,
+                           help="share of the rest that orders the candidates")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the splits")
+
     bench = commands.add_parser(
         "bench", help="live runs of full reasoning, truncation and Dynasor-CoT presets")
     _dataset_arguments(bench)
-    bench.add_argument("--max-tokens", type=int, default=1024, help="reasoning token budget")
+    bench.add_argument("--max-tokens", type=int,
+                       help="reasoning token budget (default 1024; the calibrated one with "
+                       "--calibrated)")
     bench.add_argument("--out", type=Path, required=True, help="output directory")
+    bench.add_argument("--calibrated", type=Path, metavar="PATH",
+                       help="also run the rule `calibrate` certified in PATH, as `calibrated`")
     bench.add_argument("--methods", nargs="+", default=list(BENCH_METHODS),
                        help="full, truncate:N, mild..crazy, cot:T@C (default: full low mid high)")
     bench.add_argument("--scheduler", choices=["fifo", "certaindex"],
@@ -172,8 +196,16 @@ def _endpoint_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _config(args: argparse.Namespace) -> BaseModel:
     """The algorithm's config from the flags; flags it does not use are an error."""
+    if args.calibrated is not None:
+        given = [flag for flag, value in (("--effort", args.effort), ("--threshold",
+                 args.threshold), ("--chunk-size", args.chunk_size), ("--max-tokens",
+                 args.max_tokens), ("--temperature", args.temperature)) if value is not None]
+        if args.algorithm != "cot" or given:
+            raise ValueError("--calibrated runs the certified CoT rule as recorded: not with "
+                             + (", ".join(given) if given else f"--algorithm {args.algorithm}"))
+        return CoTConfig.from_calibration(args.calibrated, seed=args.seed)
     cot = CoTConfig.from_effort(
-        args.effort,
+        args.effort or "mid",
         certainty_threshold=args.threshold,
         chunk_size=args.chunk_size,
         max_tokens=args.max_tokens,
@@ -295,7 +327,7 @@ def _print_result(result: dict[str, Any]) -> None:
              if usage["reward_prompt_tokens"] else ""))
 
 
-EVAL_MODULES = ("tqdm", "matplotlib")
+EVAL_MODULES = ("tqdm", "matplotlib", "scipy", "mapie")
 """What ``record``, ``replay`` and ``bench`` need beyond the core: the ``eval`` extra."""
 
 
@@ -333,6 +365,16 @@ def _evaluate(args: argparse.Namespace) -> None:
                                seed=args.seed)
             _record(args, problems, config)
             return
+        args.calibrated_config = None
+        if args.calibrated is not None:
+            args.calibrated_config = CoTConfig.from_calibration(args.calibrated)
+            budget = args.calibrated_config.max_tokens
+            if args.max_tokens not in (None, budget):
+                raise ValueError(f"--max-tokens {args.max_tokens}: the calibrated rule was "
+                                 f"certified at a budget of {budget} tokens")
+            args.max_tokens = budget
+        elif args.max_tokens is None:
+            args.max_tokens = 1024
         for method in parse_methods(args.methods):
             method.config(args.max_tokens, args.seed)
         if any(v is not None and v <= 0 for v in (args.arrival_rate, args.deadline_s)):
@@ -342,6 +384,20 @@ def _evaluate(args: argparse.Namespace) -> None:
     paths = write_report(args.out, rows, summary, title)
     print(table(summary))
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    """Certify a rule on the traces, write it and the plot, print what was certified."""
+    _require_eval("calibrate")
+    from .eval._calibrate import calibrate, plot, table_text
+
+    result = calibrate(args.traces, args.max_accuracy_loss, args.confidence,
+                       holdout=args.holdout, order=args.order, seed=args.seed)
+    result.rule.save(args.out)
+    figure = args.out.with_suffix(".png")
+    plot(result, figure)
+    print(table_text(result.rule))
+    print(f"wrote {args.out}, {figure}")
 
 
 def _record(args: argparse.Namespace, problems: list[Problem], config: CoTConfig) -> None:
@@ -376,7 +432,8 @@ def _bench(args: argparse.Namespace, problems: list[Problem],
         rows, summary = asyncio.run(run_bench(
             endpoint, problems, args.methods, max_tokens=args.max_tokens, seed=args.seed,
             concurrency=args.concurrency, progress=True, scheduler=scheduler,
-            arrival_rate=args.arrival_rate, deadline_s=args.deadline_s))
+            arrival_rate=args.arrival_rate, deadline_s=args.deadline_s,
+            calibrated=args.calibrated_config))
     return rows, summary, endpoint.model.split("/", 1)[-1]
 
 
@@ -414,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in ("record", "replay", "bench"):
             _evaluate(args)
+            return 0
+        if args.command == "calibrate":
+            _calibrate(args)
             return 0
         config = _config(args)
         if not args.question.strip():

@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -90,6 +91,15 @@ class CoTConfig(ProbeConfig):
         values: dict[str, object] = {"certainty_threshold": threshold, "chunk_size": chunk}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
+
+    @classmethod
+    def from_calibration(cls, path: str | Path, **overrides: object) -> CoTConfig:
+        """The settings that run the rule ``dynasor-graph calibrate`` certified in ``path``
+        (the recorded sampling and probe settings, the rule's chunk size, threshold and
+        hesitation filter); ``overrides`` may only set ``seed``."""
+        from .eval._calibrated import CalibratedRule  # the eval package imports this module
+
+        return CalibratedRule.load(Path(path)).cot_config(**overrides)
 
 
 class CoTOutput(TypedDict, total=False):
@@ -234,7 +244,8 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
         certaindex = probe_agreement(probes, config.certainty_threshold)
         decision, stop_reason = route_on(certaindex if early_exit else 0.0,
                                          stops=[("budget", spent)])
-        emit_probe_event(reply, certaindex, decision, tokens=record["tokens"])
+        emit_probe_event(reply, certaindex, decision, tokens=record["tokens"],
+                         chars=len(state["reasoning"]))
         return {
             "probes": probes,
             "usage": usage,

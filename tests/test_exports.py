@@ -25,10 +25,10 @@ ROOT = [
     "create_graph", "create_mcts", "create_rebase", "create_sc", "probe_node", "solve",
 ]
 EVAL = [
-    "DEFAULT_METHODS", "DataFormatError", "LoadReport", "Problem", "ResultRow", "Trace",
-    "TraceProbe",
-    "load_dataset", "load_traces", "record_trace", "record_traces", "replay_traces", "run_bench",
-    "run_load", "table", "write_report",
+    "CalibratedRule", "Calibration", "CalibrationError", "DEFAULT_METHODS", "DataFormatError",
+    "LoadReport", "Problem", "ResultRow", "Trace", "TraceProbe", "calibrate", "load_dataset",
+    "load_traces", "record_trace", "record_traces", "replay_traces", "run_bench", "run_load",
+    "table", "write_report",
 ]
 LOCAL = [
     "CLASSIFIER_MODEL_NAME", "LOCAL_PORT", "LocalServer", "LocalServerError", "SERVED_MODEL_NAME",

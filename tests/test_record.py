@@ -82,11 +82,14 @@ def test_record_writes_exactly_the_expected_trace(
         "reasoning_prompt_tokens": 9 + (9 + 4 + 4) + (9 + 4 + 8),
         "probes": [
             {"tokens": 4, "text": "5} \\]", "answer": "5", "confident": True,
-             "prompt_tokens": 9 + 4 + 4 + SUFFIX_TOKENS, "completion_tokens": 2},
+             "prompt_tokens": 9 + 4 + 4 + SUFFIX_TOKENS, "completion_tokens": 2,
+             "chars": 12},  # "r0 " .. : 3 characters a token
             {"tokens": 8, "text": "wait 5}", "answer": "wait 5", "confident": False,
-             "prompt_tokens": 9 + 4 + 8 + SUFFIX_TOKENS, "completion_tokens": 2},
+             "prompt_tokens": 9 + 4 + 8 + SUFFIX_TOKENS, "completion_tokens": 2,
+             "chars": 24},  # "r0 " .. : 3 characters a token
             {"tokens": 10, "text": "6}", "answer": "6", "confident": True,
-             "prompt_tokens": 9 + 4 + 10 + SUFFIX_TOKENS, "completion_tokens": 1},
+             "prompt_tokens": 9 + 4 + 10 + SUFFIX_TOKENS, "completion_tokens": 1,
+             "chars": 30},  # "r0 " .. : 3 characters a token
         ],
         "settings": {
             "model": "hosted_vllm/scripted", "api_base": scripted.api_base,

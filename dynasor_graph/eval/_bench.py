@@ -20,7 +20,7 @@ from typing import Any
 from .._answers import equivalent
 from .._endpoint import Endpoint
 from .._state import CoTInput
-from ..cot import create_cot
+from ..cot import CoTConfig, create_cot
 from ..scheduler import Scheduler, SchedulerConfig
 from ._datasets import Problem
 from ._methods import REPLAY_ONLY, Method, parse_methods
@@ -61,10 +61,13 @@ async def run_bench(
     scheduler: SchedulerConfig | None = None,
     arrival_rate: float | None = None,
     deadline_s: float | None = None,
+    calibrated: CoTConfig | None = None,
 ) -> tuple[list[ResultRow], dict[str, dict[str, Any]]]:
     """Run every method on every problem; return the rows (problem order) and the summary.
 
-    ``deadline_s`` adds the share of programs answered within it to the summary.
+    ``deadline_s`` adds the share of programs answered within it to the summary;
+    ``calibrated`` (:meth:`CoTConfig.from_calibration`) adds the method ``calibrated``, which
+    must share ``max_tokens`` with the others (its bound is against full reasoning there).
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -76,6 +79,12 @@ async def run_bench(
     if not problems:
         raise ValueError("no problems to bench")
     parsed = parse_methods(list(methods))
+    if calibrated is not None:
+        if calibrated.max_tokens != max_tokens:
+            raise ValueError(f"the calibrated rule was certified at max_tokens="
+                             f"{calibrated.max_tokens}, not {max_tokens}")
+        parsed.append(Method("calibrated", "cot", threshold=calibrated.certainty_threshold,
+                             chunk=calibrated.chunk_size, fixed=calibrated))
     live_only = [m.name for m in parsed if m.kind in REPLAY_ONLY]
     if live_only:
         raise ValueError(f"{', '.join(live_only)}: only in replay (record traces first)")

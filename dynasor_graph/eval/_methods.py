@@ -5,7 +5,9 @@
 ``oracle``         (replay) stop at the first probe after which the answer equals the final one
 ``truncate:N``     a fixed budget of N reasoning tokens, then one probe
 ``mild`` … ``crazy``  the Dynasor-CoT effort presets (threshold, chunk size)
-``cot:T@C``        Dynasor-CoT with threshold T (agreeing probes) and chunk C tokens
+``cot:T@C``        Dynasor-CoT with threshold T (agreeing probes) and chunk C tokens; suffix
+                   ``+nohesitation`` turns the hesitation filter off (every probe counts as
+                   confident), as ``calibrate`` may choose
 ``entropy:X@W``    (replay) exit once 1 - H/log W of the last W probe answers reaches X
 ``sc``             (replay) self-consistency: majority answer of all k samples of a problem
 ``sc:X@D``         (replay) SC Certaindex 1 - H/log D over the first D samples ≥ X: stop there
@@ -26,7 +28,7 @@ REPLAY_ONLY: frozenset[Kind] = frozenset({"oracle", "entropy", "sc"})
 
 _PATTERNS: tuple[tuple[Kind, str], ...] = (
     ("truncate", r"truncate:(?P<budget>\d+)"),
-    ("cot", r"cot:(?P<threshold>\d+)@(?P<chunk>\d+)"),
+    ("cot", r"cot:(?P<threshold>\d+)@(?P<chunk>\d+)(?P<nohesitation>\+nohesitation)?"),
     ("entropy", r"entropy:(?P<threshold>0?\.\d+|1(?:\.0*)?|0)@(?P<window>\d+)"),
     ("sc", r"sc:(?P<threshold>0?\.\d+|1(?:\.0*)?|0)@(?P<window>\d+)"),
 )
@@ -42,6 +44,8 @@ class Method:
     chunk: int = 0  # cot: tokens between probes
     window: int = 0  # entropy: probes scored; sc: samples at detection (0: all samples)
     budget: int = 0  # truncate: reasoning tokens
+    hesitation: bool = True  # cot: a probe with a hesitation word is not confident
+    fixed: CoTConfig | None = None  # bench: run exactly these settings (a calibrated rule)
 
     @property
     def baseline(self) -> str:
@@ -52,12 +56,17 @@ class Method:
         """The CoT graph settings that run this method live (``bench``)."""
         if self.kind in REPLAY_ONLY:
             raise ValueError(f"method {self.name!r} exists only in replay")
+        if self.fixed is not None:
+            return CoTConfig.model_validate({**self.fixed.model_dump(), "seed": seed})
         if self.kind == "full":  # one chunk of the whole budget: no probe until it is spent
             return CoTConfig(chunk_size=max_tokens, max_tokens=max_tokens, seed=seed)
         if self.kind == "truncate":
             return CoTConfig(chunk_size=self.budget, max_tokens=self.budget, seed=seed)
-        return CoTConfig(chunk_size=self.chunk, certainty_threshold=int(self.threshold),
-                         max_tokens=max_tokens, seed=seed)
+        values: dict[str, object] = {"chunk_size": self.chunk, "max_tokens": max_tokens,
+                                     "certainty_threshold": int(self.threshold), "seed": seed}
+        if not self.hesitation:
+            values["hesitation_words"] = ()
+        return CoTConfig.model_validate(values)
 
 
 def parse_method(name: str) -> Method:
@@ -78,14 +87,16 @@ def parse_method(name: str) -> Method:
             method = Method(name, kind, threshold=float(values.get("threshold") or 0),
                             chunk=int(values.get("chunk") or 0),
                             window=int(values.get("window") or 0),
-                            budget=int(values.get("budget") or 0))
+                            budget=int(values.get("budget") or 0),
+                            hesitation=not values.get("nohesitation"))
             if (kind == "cot" and (method.threshold < 1 or method.chunk < 1)) or (
                     kind in ("entropy", "sc") and method.window < 2) or (
                     kind == "truncate" and method.budget < 1):
                 break
             return method
     raise ValueError(f"unknown method {name!r}: use full, oracle, truncate:N, "
-                     f"{', '.join(EFFORT_PRESETS)}, cot:T@C, entropy:X@W, sc or sc:X@D")
+                     f"{', '.join(EFFORT_PRESETS)}, cot:T@C[+nohesitation], entropy:X@W, "
+                     "sc or sc:X@D")
 
 
 def parse_methods(names: list[str]) -> list[Method]:

@@ -86,7 +86,8 @@ def _cot(method: Method, trace: Trace) -> ResultRow:
     seen: list[TraceProbe] = []
     for probe in _every_mth(method, trace):
         seen.append(probe)
-        scored = [{"answer": p.answer, "confident": p.confident} for p in seen]
+        scored = [{"answer": p.answer, "confident": p.confident or not method.hesitation}
+                  for p in seen]
         if decide(probe_agreement(scored, int(method.threshold), _same)) == "exit":
             return _row(method, trace, probe.answer, probe.tokens, seen, "certain")
     return _row(method, trace, trace.answer, trace.reasoning_tokens, seen, trace.stop_reason)
