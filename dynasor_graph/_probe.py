@@ -85,6 +85,16 @@ async def ask_probe(
                       completion=reply)
 
 
+TRANSITION_MARKERS = ("Wait", "Alternatively", "\n\n")
+"""Where reasoning turns (DEER): a reflection word or a paragraph break."""
+
+
+def crossed_transition(text: str, start: int, markers: Sequence[str]) -> bool:
+    """True when an occurrence of one of ``markers`` in ``text`` ends after ``start``: the
+    text added since ``start`` completes a transition (one straddling ``start`` counts)."""
+    return any(m and text.find(m, max(0, start - len(m) + 1)) != -1 for m in markers)
+
+
 def emit_probe_event(reply: ProbeReply, certaindex: float, decision: Decision,
                      **where: int) -> None:
     """Stream the probe (``stream_mode="custom"``): where it happened (``tokens=`` and

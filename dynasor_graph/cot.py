@@ -33,7 +33,13 @@ from pydantic import Field
 
 from ._answers import final_answer
 from ._endpoint import Completion, Endpoint, retry_policy
-from ._probe import ProbeConfig, ask_probe, emit_probe_event
+from ._probe import (
+    TRANSITION_MARKERS,
+    ProbeConfig,
+    ask_probe,
+    crossed_transition,
+    emit_probe_event,
+)
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
 from ._token_route import extend, render_chat
 from .certaindex import Decision, StopReason, probe_agreement, route_on
@@ -81,6 +87,13 @@ class CoTConfig(ProbeConfig):
     temperature: float = Field(default=0.6, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
     system_prompt: str | None = Field(default=None, description="Prepended as a system message")
+    probe_at: Literal["chunks", "transitions"] = Field(
+        default="chunks", description="chunks: probe after every chunk (the reference); "
+        "transitions: only after a chunk that completes a transition marker (and at the "
+        "budget), so probes follow the model's own turns (DEER)")
+    transition_markers: tuple[str, ...] = Field(
+        default=TRANSITION_MARKERS, description="What counts as a transition for "
+        "probe_at='transitions' (case-sensitive substrings)")
 
     @classmethod
     def from_effort(cls, effort: Effort, **overrides: object) -> CoTConfig:
@@ -129,6 +142,9 @@ class CoTState(CoTInput, CoTOutput, total=False):
     sets it each round to share one total budget among its paths."""
     seed: int | None
     """This path's sampling seed, overriding the config's (parents give each path its own)."""
+    chunk_start: int
+    """Characters of reasoning before the latest chunk: where ``probe_at='transitions'``
+    looks for a transition from."""
 
 
 class Node(Protocol):
@@ -207,7 +223,8 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         usage["answer_tokens"] += answer_tokens(reasoning, chunk, endpoint)
         reasoning += chunk.text
         update: dict[str, Any] = {"reasoning": reasoning, "usage": usage,
-                                  "token_ids": [*state.get("token_ids", []), *chunk.token_ids]}
+                                  "token_ids": [*state.get("token_ids", []), *chunk.token_ids],
+                                  "chunk_start": len(state["reasoning"])}
         if chunk.finish_reason != "length":  # the model ended its turn by itself
             closed = thinking_closed(reasoning, endpoint)
             update.update(decision="exit", stop_reason="answered" if closed else "finished")
@@ -218,8 +235,10 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
 
 def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True) -> Node:
     """Ask for the answer now, score the recent probes into ``certaindex``, and decide: exit
-    (certain, or the budget is spent) or continue. ``early_exit=False`` only records (the
-    Certaindex is still computed, the run goes on to its budget): what ``record`` uses.
+    (certain, or the budget is spent) or continue. With ``probe_at='transitions'`` a chunk
+    that completes no transition marker is not probed (the budget's last one always is).
+    ``early_exit=False`` only records (the Certaindex is still computed, the run goes on to
+    its budget): what ``record`` uses.
 
     Wire it after your own reasoning node and route with :func:`certaindex_condition`; the
     state needs ``chat``, ``reasoning``, ``probes`` and ``usage`` (see :class:`CoTState`).
@@ -232,6 +251,9 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
             # The model closed its thinking and is writing its answer: nothing left to probe.
             decision, stop_reason = route_on(0.0, stops=[("budget", spent)])
             return {"decision": decision, "stop_reason": stop_reason}
+        if config.probe_at == "transitions" and not spent and not crossed_transition(
+                state["reasoning"], state.get("chunk_start", 0), config.transition_markers):
+            return {"decision": "continue", "stop_reason": None}  # no turn yet: reason on
         reply = await ask_probe(endpoint, state["chat"], state["reasoning"], config,
                                 seed=state.get("seed", config.seed),
                                 prompt_ids=state.get("prompt_ids"),

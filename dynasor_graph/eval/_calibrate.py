@@ -23,7 +23,9 @@ run with the same model and settings.
    choose, only to report the realized loss), ``order`` share of the rest to order the
    candidates, the rest to calibrate.
 2. Candidates: every rule the CoT graph runs on these traces: chunk sizes that are multiples
-   of the recorded one, agreement thresholds, the hesitation filter on and off.
+   of the recorded one, agreement thresholds, the hesitation filter on and off, and probes
+   after every chunk or only after chunks completing a transition (where the traces record
+   each probe's reasoning offset).
 3. Order them on the ordering split only: by estimated loss, then savings, keeping each rule
    that saves more than every rule before it (a chain from conservative to aggressive).
 4. On the calibration split, test ``H_r: E[L(r)] > eps`` along that chain with the exact
@@ -50,10 +52,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..cot import EFFORT_PRESETS
 from ._calibrated import CalibratedRule, CalibrationError, DataFile, Outcome, Rule, sha256
@@ -61,8 +60,13 @@ from ._methods import Method, parse_method
 from ._replay import _PER_TRACE
 from ._traces import Trace, load_traces
 
+if TYPE_CHECKING:  # numpy comes with the eval extra: imported where used, not with the package
+    import numpy as np
+    from numpy.typing import NDArray
+
 DEFAULT_THRESHOLDS = (1, 2, 3, 4, 5, 6, 8)
 DEFAULT_MULTIPLES = (1, 2, 3, 4, 6, 8)
+Placement = Literal["chunks", "transitions"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Table:
 
     def savings(self, rows: NDArray[np.int_]) -> NDArray[np.float64]:
         """Each rule's share of full reasoning's generated tokens saved on ``rows``."""
+        import numpy as np
         full = float(self.full_cost[rows].sum())
         if not full:
             return np.zeros(len(self.rules))
@@ -101,20 +106,24 @@ class Selection:
 
 
 def candidates(chunk: int, max_tokens: int, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
-               multiples: Sequence[int] = DEFAULT_MULTIPLES) -> list[Rule]:
+               multiples: Sequence[int] = DEFAULT_MULTIPLES,
+               placements: Sequence[Placement] = ("chunks",)) -> list[Rule]:
     """The rules the graph can run on traces recorded every ``chunk`` tokens."""
-    return [Rule(chunk_size=m * chunk, certainty_threshold=t, hesitation_filter=h)
+    return [Rule(chunk_size=m * chunk, certainty_threshold=t, hesitation_filter=h, probe_at=p)
             for m in multiples if m * chunk <= max_tokens for t in thresholds
-            for h in (True, False)]
+            for h in (True, False) for p in placements]
 
 
 def _method(rule: Rule) -> Method:
     return Method(rule.method, "cot", threshold=rule.certainty_threshold,
-                  chunk=rule.chunk_size, hesitation=rule.hesitation_filter)
+                  chunk=rule.chunk_size, hesitation=rule.hesitation_filter,
+                  transitions=rule.probe_at == "transitions")
 
 
 def evaluate(traces: Sequence[Trace], rules: Sequence[Rule]) -> Table:
     """Replay full reasoning and every rule on every trace (the graph's stops, exactly)."""
+    import numpy as np
+
     full = [_PER_TRACE["full"](parse_method("full"), t) for t in traces]
     rows = [[_PER_TRACE["cot"](_method(r), t) for r in rules] for t in traces]
     return Table(
@@ -145,6 +154,7 @@ def certify(table: Table, order: NDArray[np.int_], calibration: NDArray[np.int_]
 
     Raises :class:`CalibrationError` when too few calibration rows or no rule passes.
     """
+    import numpy as np
     from mapie.risk_control import control_fwer
     from scipy.stats import binom
 
@@ -181,6 +191,8 @@ def certify(table: Table, order: NDArray[np.int_], calibration: NDArray[np.int_]
 def split(n: int, holdout: float, order: float, seed: int,
           ) -> tuple[NDArray[np.int_], NDArray[np.int_], NDArray[np.int_]]:
     """Seeded shuffle of ``range(n)`` into (ordering, calibration, held-out) row indices."""
+    import numpy as np
+
     if not 0 <= holdout < 1 or not 0 < order < 1:
         raise ValueError("holdout must lie in [0, 1) and order in (0, 1)")
     rows = np.random.default_rng(seed).permutation(n)
@@ -252,7 +264,12 @@ def calibrate(
             f"but certifying an accuracy loss <= {eps:g} at confidence {confidence:g} needs at "
             f"least {needed} even for a rule that never loses: record at least {total} "
             "problems, or allow a larger loss or a lower confidence")
-    rules = candidates(settings["chunk_size"], settings["max_tokens"], thresholds, multiples)
+    # Transition placement where every probe carries its reasoning offset (replayable).
+    placements: tuple[Placement, ...] = (
+        ("chunks", "transitions") if all(p.chars is not None for t in traces for p in t.probes)
+        else ("chunks",))
+    rules = candidates(settings["chunk_size"], settings["max_tokens"], thresholds, multiples,
+                       placements)
     table = evaluate(traces, rules)
     selection = certify(table, ordering, calibration_rows, eps, delta)
     chosen = selection.chosen
@@ -294,6 +311,8 @@ def _common_settings(traces: Sequence[Trace]) -> dict[str, Any]:
 def _compared(traces: Sequence[Trace], rows: NDArray[np.int_], chunk: int,
               ) -> dict[str, Outcome]:
     """full, oracle and the presets the traces can replay, on ``rows``."""
+    import numpy as np
+
     names = ["full", "oracle"] + [p for p, (_, c) in EFFORT_PRESETS.items() if c % chunk == 0]
     subset = [traces[i] for i in rows]
     full = [_PER_TRACE["full"](parse_method("full"), t) for t in subset]

@@ -36,12 +36,17 @@ class Rule(BaseModel):
     certainty_threshold: int = Field(ge=1, le=64)
     hesitation_filter: bool = Field(
         default=True, description="A probe with a hesitation word counts as not confident")
+    probe_at: Literal["chunks", "transitions"] = Field(
+        default="chunks", description="Probe after every chunk, or only after chunks that "
+        "complete a transition marker (CoTConfig.probe_at)")
 
     @property
     def method(self) -> str:
-        """The rule's name in ``replay`` and ``bench`` (``cot:T@C[+nohesitation]``)."""
+        """The rule's name in ``replay`` and ``bench``
+        (``cot:T@C[+nohesitation][+transitions]``)."""
         name = f"cot:{self.certainty_threshold}@{self.chunk_size}"
-        return name if self.hesitation_filter else name + "+nohesitation"
+        name += "" if self.hesitation_filter else "+nohesitation"
+        return name + ("+transitions" if self.probe_at == "transitions" else "")
 
 
 class DataFile(BaseModel):
@@ -101,12 +106,13 @@ class CalibratedRule(BaseModel):
 
     def cot_config(self, **overrides: object) -> CoTConfig:
         """The CoT settings that run the certified rule: the recorded sampling and probe
-        settings with the rule's chunk size, threshold and hesitation filter (no seed unless
+        settings with the rule's chunk size, threshold, hesitation filter and probe placement
+        (no seed unless
         given: ``overrides`` may set ``seed``)."""
         allowed = set(CoTConfig.model_fields) - {"chunk_size", "certainty_threshold",
-                                                  "hesitation_words", "seed"}
+                                                  "hesitation_words", "seed", "probe_at"}
         values = {k: v for k, v in self.settings.items() if k in allowed}
-        values.update(chunk_size=self.rule.chunk_size,
+        values.update(chunk_size=self.rule.chunk_size, probe_at=self.rule.probe_at,
                       certainty_threshold=self.rule.certainty_threshold, seed=None)
         if not self.rule.hesitation_filter:
             values["hesitation_words"] = ()

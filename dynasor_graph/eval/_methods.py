@@ -7,7 +7,8 @@
 ``mild`` … ``crazy``  the Dynasor-CoT effort presets (threshold, chunk size)
 ``cot:T@C``        Dynasor-CoT with threshold T (agreeing probes) and chunk C tokens; suffix
                    ``+nohesitation`` turns the hesitation filter off (every probe counts as
-                   confident), as ``calibrate`` may choose
+                   confident), ``+transitions`` probes only after chunks that complete a
+                   transition marker (``probe_at='transitions'``), as ``calibrate`` may choose
 ``entropy:X@W``    (replay) exit once 1 - H/log W of the last W probe answers reaches X
 ``sc``             (replay) self-consistency: majority answer of all k samples of a problem
 ``sc:X@D``         (replay) SC Certaindex 1 - H/log D over the first D samples ≥ X: stop there
@@ -28,7 +29,8 @@ REPLAY_ONLY: frozenset[Kind] = frozenset({"oracle", "entropy", "sc"})
 
 _PATTERNS: tuple[tuple[Kind, str], ...] = (
     ("truncate", r"truncate:(?P<budget>\d+)"),
-    ("cot", r"cot:(?P<threshold>\d+)@(?P<chunk>\d+)(?P<nohesitation>\+nohesitation)?"),
+    ("cot", r"cot:(?P<threshold>\d+)@(?P<chunk>\d+)(?P<nohesitation>\+nohesitation)?"
+            r"(?P<transitions>\+transitions)?"),
     ("entropy", r"entropy:(?P<threshold>0?\.\d+|1(?:\.0*)?|0)@(?P<window>\d+)"),
     ("sc", r"sc:(?P<threshold>0?\.\d+|1(?:\.0*)?|0)@(?P<window>\d+)"),
 )
@@ -45,6 +47,7 @@ class Method:
     window: int = 0  # entropy: probes scored; sc: samples at detection (0: all samples)
     budget: int = 0  # truncate: reasoning tokens
     hesitation: bool = True  # cot: a probe with a hesitation word is not confident
+    transitions: bool = False  # cot: probe only after chunks that complete a transition
     fixed: CoTConfig | None = None  # bench: run exactly these settings (a calibrated rule)
 
     @property
@@ -66,6 +69,8 @@ class Method:
                                      "certainty_threshold": int(self.threshold), "seed": seed}
         if not self.hesitation:
             values["hesitation_words"] = ()
+        if self.transitions:
+            values["probe_at"] = "transitions"
         return CoTConfig.model_validate(values)
 
 
@@ -88,14 +93,16 @@ def parse_method(name: str) -> Method:
                             chunk=int(values.get("chunk") or 0),
                             window=int(values.get("window") or 0),
                             budget=int(values.get("budget") or 0),
-                            hesitation=not values.get("nohesitation"))
+                            hesitation=not values.get("nohesitation"),
+                            transitions=bool(values.get("transitions")))
             if (kind == "cot" and (method.threshold < 1 or method.chunk < 1)) or (
                     kind in ("entropy", "sc") and method.window < 2) or (
                     kind == "truncate" and method.budget < 1):
                 break
             return method
     raise ValueError(f"unknown method {name!r}: use full, oracle, truncate:N, "
-                     f"{', '.join(EFFORT_PRESETS)}, cot:T@C[+nohesitation], entropy:X@W, "
+                     f"{', '.join(EFFORT_PRESETS)}, cot:T@C[+nohesitation][+transitions], "
+                     "entropy:X@W, "
                      "sc or sc:X@D")
 
 

@@ -4,7 +4,11 @@ Each method walks a trace's probes the way the live graph would meet them and st
 rule says: Dynasor-CoT presets use :func:`~dynasor_graph.probe_agreement` on every m-th probe
 (chunk = m times the recorded chunk), ``entropy`` the normalised answer entropy of the last W
 probes, ``sc`` the SC Certaindex over a problem's samples, and ``oracle`` stops at the first
-probe after which the probe answer equals the final answer and never changes again::
+probe after which the probe answer equals the final answer and never changes again.
+``cot:T@C+transitions`` replays ``probe_at='transitions'`` (skipping a probe does not change
+the reasoning): only the probes after chunks that complete a transition marker count. What
+traces cannot replay is a probe *at* a transition token inside a chunk (DEER's placement):
+they hold probes at chunk ends only::
 
     traces = load_traces(Path("traces.jsonl"))
     rows, summary = replay_traces(traces, ["full", "oracle", "mid", "cot:2@32"])
@@ -18,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from .._answers import equivalent
+from .._probe import TRANSITION_MARKERS, crossed_transition
 from ..certaindex import answer_entropy, decide, probe_agreement
 from ._methods import Method, parse_methods
 from ._report import ResultRow, summarize
@@ -82,9 +87,29 @@ def _every_mth(method: Method, trace: Trace) -> list[TraceProbe]:
             if (i + 1) % step == 0 or (i == last and trace.stop_reason == "budget")]
 
 
+def _at_transitions(method: Method, trace: Trace, probes: list[TraceProbe]
+                    ) -> list[TraceProbe]:
+    """Of the probes a graph with chunk ``method.chunk`` meets, those ``probe_at=
+    'transitions'`` makes: after a chunk whose text completes a transition marker, and the
+    budget's last. Exact from the recorded reasoning and each probe's offset (``chars``)."""
+    if any(p.chars is None for p in probes):
+        raise ValueError(f"{method.name}: trace {trace.id!r} was recorded before probes "
+                         "carried their reasoning offset (chars); record it again")
+    markers = tuple(getattr(trace.settings, "transition_markers", None) or TRANSITION_MARKERS)
+    kept, start = [], 0
+    for probe in probes:
+        end = int(probe.chars or 0)
+        budget = trace.stop_reason == "budget" and probe is trace.probes[-1]
+        if budget or crossed_transition(trace.reasoning[:end], start, markers):
+            kept.append(probe)
+        start = end
+    return kept
+
+
 def _cot(method: Method, trace: Trace) -> ResultRow:
     seen: list[TraceProbe] = []
-    for probe in _every_mth(method, trace):
+    probes = _every_mth(method, trace)
+    for probe in _at_transitions(method, trace, probes) if method.transitions else probes:
         seen.append(probe)
         scored = [{"answer": p.answer, "confident": p.confident or not method.hesitation}
                   for p in seen]

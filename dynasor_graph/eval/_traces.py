@@ -211,6 +211,9 @@ async def record_traces(
     """
     if samples < 1 or concurrency < 1:
         raise ValueError("samples and concurrency must be at least 1")
+    if config.probe_at != "chunks":
+        raise ValueError("record probes after every chunk (probe_at='chunks'); replay "
+                         "evaluates transition placement from those traces")
     done = _resume(out, endpoint, config)
     todo = [(p, k) for p in problems for k in range(samples) if (p.id, k) not in done]
     queue: asyncio.Queue[tuple[Problem, int]] = asyncio.Queue()
