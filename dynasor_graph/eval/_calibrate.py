@@ -375,10 +375,15 @@ def plot(result: Calibration, path: Path) -> None:
     axes.axhline(rule.max_accuracy_loss, color="tab:red", linestyle="--", linewidth=0.8,
                  label=f"eps = {rule.max_accuracy_loss:g}")
     where = "held-out" if rule.holdout is not None else "calibration"
+    spots: dict[tuple[float, float], list[str]] = {}  # methods on one spot share a label
     for name, out in rule.compared.items():
-        axes.scatter([out.savings], [out.loss], s=30, marker="s", color="black")
-        axes.annotate(f"{name} ({where})", (out.savings, out.loss), textcoords="offset points",
-                      xytext=(4, 4), fontsize=7)
+        spots.setdefault((round(out.savings, 4), round(out.loss, 4)), []).append(name)
+    for (x, y), names in spots.items():
+        axes.scatter([x], [y], s=30, marker="s", color="black")
+        axes.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(3, 5),
+                      fontsize=7, rotation=30)
+    axes.scatter([], [], s=30, marker="s", color="black", label=f"full, oracle, presets "
+                 f"({where} split)")
     if rule.holdout is not None:
         axes.scatter([rule.holdout.savings], [rule.holdout.loss], s=60, marker="x",
                      color="tab:red", label="chosen on held-out")
