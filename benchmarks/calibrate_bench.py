@@ -29,11 +29,11 @@ import numpy as np
 from dynasor_graph.cot import EFFORT_PRESETS
 from dynasor_graph.eval import CalibrationError, load_traces
 from dynasor_graph.eval._calibrate import (
-    candidates,
     certify,
     evaluate,
     minimum_traces,
     one_per_problem,
+    search_space,
     split,
 )
 from dynasor_graph.eval._replay import replay_traces
@@ -44,9 +44,7 @@ def run(path: Path, eps_values: list[float], confidence: float, splits: int, hol
     """The figures for one traces file (see the module docstring)."""
     traces = one_per_problem(load_traces(path))
     chunk, budget = traces[0].settings.chunk_size, traces[0].settings.max_tokens
-    placements = (("chunks", "transitions") if all(p.chars is not None for t in traces
-                                                   for p in t.probes) else ("chunks",))
-    rules = candidates(chunk, budget, placements=placements)  # type: ignore[arg-type]
+    rules = search_space(traces)
     table = evaluate(traces, rules)
     delta = 1 - confidence
     presets = [p for p, (_, c) in EFFORT_PRESETS.items() if c % chunk == 0]

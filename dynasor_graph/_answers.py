@@ -22,15 +22,21 @@ def probe_answer(text: str) -> str:
     The probe prompt ends inside ``\\boxed{``, so the model's answer is whatever comes before
     the brace that closes it. No such brace (unfinished or unbalanced output) gives ``""``.
     """
+    end = answer_end(text)
+    return "" if end is None else _clean(text[:end])
+
+
+def answer_end(text: str) -> int | None:
+    """Where the probe's answer ends: the index of the first ``}`` that closes no ``{``."""
     depth = 0
     for i, char in enumerate(text):
         if char == "{":
             depth += 1
         elif char == "}":
             if depth == 0:
-                return _clean(text[:i])
+                return i
             depth -= 1
-    return ""
+    return None
 
 
 def _clean(answer: str) -> str:

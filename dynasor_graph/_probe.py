@@ -16,11 +16,11 @@ from typing import Any
 from langgraph.config import get_stream_writer
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._answers import HESITATION_WORDS, is_confident, probe_answer
+from ._answers import HESITATION_WORDS, answer_end, is_confident, probe_answer
 from ._endpoint import Completion, Endpoint, Message
 from ._text_route import complete
 from ._token_route import extend
-from .certaindex import Decision
+from .certaindex import Decision, logprob_confidence
 
 DEFAULT_PROBE_SUFFIX = (
     "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
@@ -52,6 +52,23 @@ class ProbeReply:
     @property
     def text(self) -> str:
         return self.completion.text
+
+    @property
+    def confidence(self) -> float | None:
+        """How sure the model was of its answer's tokens: their geometric-mean probability,
+        ``exp(mean log p)`` (DeepConf's token confidence, over the answer only); 0.0 for no
+        answer, ``None`` when the server returned no log-probabilities (text continuation)."""
+        return answer_confidence(self.completion)
+
+
+def answer_confidence(completion: Completion) -> float | None:
+    """``exp(mean log p)`` of the tokens that start before the brace closing the answer."""
+    if not completion.token_logprobs or not completion.token_offsets:
+        return None
+    end = answer_end(completion.text)
+    answer = [lp for lp, offset in zip(completion.token_logprobs, completion.token_offsets,
+                                       strict=False) if end is not None and offset < end]
+    return logprob_confidence(answer, window=len(answer)) if answer else 0.0
 
 
 async def ask_probe(
@@ -98,8 +115,8 @@ def crossed_transition(text: str, start: int, markers: Sequence[str]) -> bool:
 def emit_probe_event(reply: ProbeReply, certaindex: float, decision: Decision,
                      **where: int) -> None:
     """Stream the probe (``stream_mode="custom"``): where it happened (``tokens=`` and
-    ``chars=``, the reasoning's length in characters, or ``step=``), what it answered, its
-    cost, and the Certaindex and decision it led to."""
+    ``chars=``, the reasoning's length in characters, or ``step=``), what it answered (and its
+    token ``confidence``), its cost, and the Certaindex and decision it led to."""
     get_stream_writer()({
         "event": "probe",
         **where,
@@ -110,4 +127,5 @@ def emit_probe_event(reply: ProbeReply, certaindex: float, decision: Decision,
         "prompt_tokens": reply.completion.prompt_tokens,
         "completion_tokens": reply.completion.completion_tokens,
         "text": reply.text,
+        "confidence": reply.confidence,
     })

@@ -10,7 +10,7 @@ several calls use :func:`add_usage` as their own reducer.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, TypedDict, TypeVar, cast
+from typing import Any, NotRequired, TypedDict, TypeVar, cast
 
 from langchain_core.messages import BaseMessage, convert_to_openai_messages
 
@@ -24,6 +24,8 @@ class Probe(TypedDict):
     answer: str
     confident: bool
     text: str
+    confidence: NotRequired[float | None]
+    """The answer tokens' geometric-mean probability (``None``: no log-probabilities)."""
 
 
 class Usage(TypedDict):

@@ -32,6 +32,10 @@ Token confidence (DeepConf-style), where the server returns log-probabilities: t
 mean probability of the tokens in the least confident window of ``window`` tokens,
 ``exp(min_windows mean log p)``. See :func:`logprob_confidence`.
 
+A probe's own token confidence is that geometric mean over its answer's tokens only
+(``dynasor_graph._probe.answer_confidence``); :func:`cot_certaindex` joins the lowest one in
+the window to probe agreement when ``CoTConfig.min_probe_confidence`` is set.
+
 Combining (paper App. B.1: certain only when every signal passes its threshold)::
 
     combine((c_1, θ_1), .., (c_k, θ_k)) = min_j min(1, c_j / θ_j)
@@ -88,6 +92,35 @@ def probe_agreement(
     answer = str(latest["answer"])
     agreeing = sum(1 for p in recent if valid(p) and same(str(p["answer"]), answer))
     return agreeing / window
+
+
+def cot_certaindex(
+    probes: Sequence[ProbeLike],
+    window: int,
+    min_confidence: float | None = None,
+    same: Callable[[str, str], bool] = equivalent,
+) -> float:
+    """The Dynasor-CoT stopping signal, written once for the graph and for ``replay``.
+
+    Probe agreement over the last ``window`` probes; with ``min_confidence`` it is joined by
+    :func:`combine` with the lowest token confidence among those probes (``None`` counts as
+    0), so it reaches 1.0 exactly when the window agrees and every probe in it is at least
+    that sure of its answer's tokens.
+    """
+    agreement = probe_agreement(probes, window, same)
+    if min_confidence is None:
+        return agreement
+    recent = list(probes)[-window:]
+    lowest = min((_token_confidence(p) for p in recent), default=0.0)
+    return combine((agreement, 1.0), (lowest, min_confidence))
+
+
+def _token_confidence(probe: ProbeLike) -> float:
+    try:
+        value = probe["confidence"]
+    except KeyError:
+        return 0.0
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def decide(certaindex: float, threshold: float = 1.0, *, can_widen: bool = False) -> Decision:

@@ -259,7 +259,8 @@ def _as_json(result: dict[str, Any]) -> dict[str, Any]:
         out["answer_tokens"] = usage.get("answer_tokens", 0)
     if "probes" in result:
         out["probes"] = [{"tokens": p["tokens"], "answer": p["answer"],
-                          "confident": p["confident"]} for p in result["probes"]]
+                          "confident": p["confident"], "confidence": p.get("confidence")}
+                         for p in result["probes"]]
         out["response"] = result.get("response", "")
     if "paths" in result:
         out["paths"] = [{"answer": p.get("answer", ""), "stop_reason": p.get("stop_reason"),

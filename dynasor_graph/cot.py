@@ -42,7 +42,7 @@ from ._probe import (
 )
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
 from ._token_route import extend, render_chat
-from .certaindex import Decision, StopReason, probe_agreement, route_on
+from .certaindex import Decision, StopReason, cot_certaindex, route_on
 
 __all__ = [
     "EFFORT_PRESETS",
@@ -87,6 +87,10 @@ class CoTConfig(ProbeConfig):
     temperature: float = Field(default=0.6, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
     system_prompt: str | None = Field(default=None, description="Prepended as a system message")
+    min_probe_confidence: float | None = Field(
+        default=None, gt=0, le=1, description="Also require every probe in the window to be "
+        "at least this sure of its answer's tokens (geometric-mean probability; needs "
+        "token-exact continuation, which returns log-probabilities). None: agreement only")
     probe_at: Literal["chunks", "transitions"] = Field(
         default="chunks", description="chunks: probe after every chunk (the reference); "
         "transitions: only after a chunk that completes a transition marker (and at the "
@@ -260,10 +264,14 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
                                 generated=state.get("token_ids", []))
         usage["probe_prompt_tokens"] += reply.completion.prompt_tokens
         usage["probe_completion_tokens"] += reply.completion.completion_tokens
+        if config.min_probe_confidence is not None and reply.confidence is None:
+            raise ValueError("min_probe_confidence needs the probes' token log-probabilities: "
+                             "token-exact continuation (/v1/completions), not text mode")
         record = Probe(tokens=usage["reasoning_tokens"], answer=reply.answer,
-                       confident=reply.confident, text=reply.text)
+                       confident=reply.confident, text=reply.text, confidence=reply.confidence)
         probes = [*state["probes"], record]
-        certaindex = probe_agreement(probes, config.certainty_threshold)
+        certaindex = cot_certaindex(probes, config.certainty_threshold,
+                                    config.min_probe_confidence)
         decision, stop_reason = route_on(certaindex if early_exit else 0.0,
                                          stops=[("budget", spent)])
         emit_probe_event(reply, certaindex, decision, tokens=record["tokens"],

@@ -28,8 +28,10 @@ def test_solve_json_contract(scripted: ScriptedServer) -> None:
     assert result["certaindex"] == 1.0
     assert result["decision"] == "exit"
     assert result["stop_reason"] == "certain"
-    assert result["probes"] == [{"tokens": 64, "answer": "5", "confident": True},
-                                {"tokens": 128, "answer": "5", "confident": True}]
+    # text mode (the scripted server speaks chat only): no log-probabilities, no confidence
+    assert result["probes"] == [
+        {"tokens": 64, "answer": "5", "confident": True, "confidence": None},
+        {"tokens": 128, "answer": "5", "confident": True, "confidence": None}]
     assert result["usage"]["reasoning_tokens"] == 128
     assert result["usage"]["probe_completion_tokens"] == 2
     assert set(result["usage"]) >= {"reasoning_tokens", "probe_prompt_tokens",

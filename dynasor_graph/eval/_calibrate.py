@@ -25,7 +25,8 @@ run with the same model and settings.
 2. Candidates: every rule the CoT graph runs on these traces: chunk sizes that are multiples
    of the recorded one, agreement thresholds, the hesitation filter on and off, and probes
    after every chunk or only after chunks completing a transition (where the traces record
-   each probe's reasoning offset).
+   each probe's reasoning offset), and no token-confidence threshold or one of 0.3, 0.5, 0.8
+   (where every probe records its answer's token confidence).
 3. Order them on the ordering split only: by estimated loss, then savings, keeping each rule
    that saves more than every rule before it (a chain from conservative to aggressive).
 4. On the calibration split, test ``H_r: E[L(r)] > eps`` along that chain with the exact
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # numpy comes with the eval extra: imported where used, not w
 
 DEFAULT_THRESHOLDS = (1, 2, 3, 4, 5, 6, 8)
 DEFAULT_MULTIPLES = (1, 2, 3, 4, 6, 8)
+DEFAULT_CONFIDENCES: tuple[float | None, ...] = (None, 0.3, 0.5, 0.8)
 Placement = Literal["chunks", "transitions"]
 
 
@@ -107,17 +109,35 @@ class Selection:
 
 def candidates(chunk: int, max_tokens: int, thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
                multiples: Sequence[int] = DEFAULT_MULTIPLES,
-               placements: Sequence[Placement] = ("chunks",)) -> list[Rule]:
+               placements: Sequence[Placement] = ("chunks",),
+               confidences: Sequence[float | None] = (None,)) -> list[Rule]:
     """The rules the graph can run on traces recorded every ``chunk`` tokens."""
-    return [Rule(chunk_size=m * chunk, certainty_threshold=t, hesitation_filter=h, probe_at=p)
+    return [Rule(chunk_size=m * chunk, certainty_threshold=t, hesitation_filter=h, probe_at=p,
+                 min_probe_confidence=c)
             for m in multiples if m * chunk <= max_tokens for t in thresholds
-            for h in (True, False) for p in placements]
+            for h in (True, False) for p in placements for c in confidences]
+
+
+def search_space(traces: Sequence[Trace], thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+                 multiples: Sequence[int] = DEFAULT_MULTIPLES) -> list[Rule]:
+    """The candidates these traces can replay: transition placement where every probe carries
+    its reasoning offset, token-confidence thresholds where every probe carries its answer's
+    confidence."""
+    probes = [p for t in traces for p in t.probes]
+    placements: tuple[Placement, ...] = (
+        ("chunks", "transitions") if all(p.chars is not None for p in probes) else ("chunks",))
+    confidences = (DEFAULT_CONFIDENCES if all(p.confidence is not None for p in probes)
+                   else (None,))
+    settings = traces[0].settings
+    return candidates(settings.chunk_size, settings.max_tokens, thresholds, multiples,
+                      placements, confidences)
 
 
 def _method(rule: Rule) -> Method:
     return Method(rule.method, "cot", threshold=rule.certainty_threshold,
                   chunk=rule.chunk_size, hesitation=rule.hesitation_filter,
-                  transitions=rule.probe_at == "transitions")
+                  transitions=rule.probe_at == "transitions",
+                  min_confidence=rule.min_probe_confidence)
 
 
 def evaluate(traces: Sequence[Trace], rules: Sequence[Rule]) -> Table:
@@ -264,12 +284,7 @@ def calibrate(
             f"but certifying an accuracy loss <= {eps:g} at confidence {confidence:g} needs at "
             f"least {needed} even for a rule that never loses: record at least {total} "
             "problems, or allow a larger loss or a lower confidence")
-    # Transition placement where every probe carries its reasoning offset (replayable).
-    placements: tuple[Placement, ...] = (
-        ("chunks", "transitions") if all(p.chars is not None for t in traces for p in t.probes)
-        else ("chunks",))
-    rules = candidates(settings["chunk_size"], settings["max_tokens"], thresholds, multiples,
-                       placements)
+    rules = search_space(traces, thresholds, multiples)
     table = evaluate(traces, rules)
     selection = certify(table, ordering, calibration_rows, eps, delta)
     chosen = selection.chosen

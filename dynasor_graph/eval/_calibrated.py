@@ -36,6 +36,9 @@ class Rule(BaseModel):
     certainty_threshold: int = Field(ge=1, le=64)
     hesitation_filter: bool = Field(
         default=True, description="A probe with a hesitation word counts as not confident")
+    min_probe_confidence: float | None = Field(
+        default=None, gt=0, le=1, description="Every probe in the window at least this sure "
+        "of its answer's tokens (CoTConfig.min_probe_confidence); None: agreement only")
     probe_at: Literal["chunks", "transitions"] = Field(
         default="chunks", description="Probe after every chunk, or only after chunks that "
         "complete a transition marker (CoTConfig.probe_at)")
@@ -43,9 +46,10 @@ class Rule(BaseModel):
     @property
     def method(self) -> str:
         """The rule's name in ``replay`` and ``bench``
-        (``cot:T@C[+nohesitation][+transitions]``)."""
+        (``cot:T@C[+nohesitation][+confX][+transitions]``)."""
         name = f"cot:{self.certainty_threshold}@{self.chunk_size}"
         name += "" if self.hesitation_filter else "+nohesitation"
+        name += "" if self.min_probe_confidence is None else f"+conf{self.min_probe_confidence:g}"
         return name + ("+transitions" if self.probe_at == "transitions" else "")
 
 
@@ -106,13 +110,16 @@ class CalibratedRule(BaseModel):
 
     def cot_config(self, **overrides: object) -> CoTConfig:
         """The CoT settings that run the certified rule: the recorded sampling and probe
-        settings with the rule's chunk size, threshold, hesitation filter and probe placement
+        settings with the rule's chunk size, threshold, hesitation filter, token-confidence
+        threshold and probe placement
         (no seed unless
         given: ``overrides`` may set ``seed``)."""
         allowed = set(CoTConfig.model_fields) - {"chunk_size", "certainty_threshold",
-                                                  "hesitation_words", "seed", "probe_at"}
+                                                  "hesitation_words", "seed", "probe_at",
+                                                  "min_probe_confidence"}
         values = {k: v for k, v in self.settings.items() if k in allowed}
         values.update(chunk_size=self.rule.chunk_size, probe_at=self.rule.probe_at,
+                      min_probe_confidence=self.rule.min_probe_confidence,
                       certainty_threshold=self.rule.certainty_threshold, seed=None)
         if not self.rule.hesitation_filter:
             values["hesitation_words"] = ()

@@ -8,7 +8,9 @@
 ``cot:T@C``        Dynasor-CoT with threshold T (agreeing probes) and chunk C tokens; suffix
                    ``+nohesitation`` turns the hesitation filter off (every probe counts as
                    confident), ``+transitions`` probes only after chunks that complete a
-                   transition marker (``probe_at='transitions'``), as ``calibrate`` may choose
+                   transition marker (``probe_at='transitions'``), ``+confX`` also needs
+                   every probe in the window at least X sure of its answer's tokens
+                   (``min_probe_confidence``), as ``calibrate`` may choose
 ``entropy:X@W``    (replay) exit once 1 - H/log W of the last W probe answers reaches X
 ``sc``             (replay) self-consistency: majority answer of all k samples of a problem
 ``sc:X@D``         (replay) SC Certaindex 1 - H/log D over the first D samples ≥ X: stop there
@@ -30,7 +32,7 @@ REPLAY_ONLY: frozenset[Kind] = frozenset({"oracle", "entropy", "sc"})
 _PATTERNS: tuple[tuple[Kind, str], ...] = (
     ("truncate", r"truncate:(?P<budget>\d+)"),
     ("cot", r"cot:(?P<threshold>\d+)@(?P<chunk>\d+)(?P<nohesitation>\+nohesitation)?"
-            r"(?P<transitions>\+transitions)?"),
+            r"(?:\+conf(?P<confidence>0?\.\d+|1(?:\.0*)?))?(?P<transitions>\+transitions)?"),
     ("entropy", r"entropy:(?P<threshold>0?\.\d+|1(?:\.0*)?|0)@(?P<window>\d+)"),
     ("sc", r"sc:(?P<threshold>0?\.\d+|1(?:\.0*)?|0)@(?P<window>\d+)"),
 )
@@ -48,6 +50,7 @@ class Method:
     budget: int = 0  # truncate: reasoning tokens
     hesitation: bool = True  # cot: a probe with a hesitation word is not confident
     transitions: bool = False  # cot: probe only after chunks that complete a transition
+    min_confidence: float | None = None  # cot: every probe in the window at least this sure
     fixed: CoTConfig | None = None  # bench: run exactly these settings (a calibrated rule)
 
     @property
@@ -71,6 +74,8 @@ class Method:
             values["hesitation_words"] = ()
         if self.transitions:
             values["probe_at"] = "transitions"
+        if self.min_confidence is not None:
+            values["min_probe_confidence"] = self.min_confidence
         return CoTConfig.model_validate(values)
 
 
@@ -94,14 +99,16 @@ def parse_method(name: str) -> Method:
                             window=int(values.get("window") or 0),
                             budget=int(values.get("budget") or 0),
                             hesitation=not values.get("nohesitation"),
-                            transitions=bool(values.get("transitions")))
+                            transitions=bool(values.get("transitions")),
+                            min_confidence=(float(values["confidence"])
+                                            if values.get("confidence") else None))
             if (kind == "cot" and (method.threshold < 1 or method.chunk < 1)) or (
                     kind in ("entropy", "sc") and method.window < 2) or (
                     kind == "truncate" and method.budget < 1):
                 break
             return method
     raise ValueError(f"unknown method {name!r}: use full, oracle, truncate:N, "
-                     f"{', '.join(EFFORT_PRESETS)}, cot:T@C[+nohesitation][+transitions], "
+                     f"{', '.join(EFFORT_PRESETS)}, cot:T@C[+nohesitation][+confX][+transitions], "
                      "entropy:X@W, "
                      "sc or sc:X@D")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from .._answers import equivalent
 from .._probe import TRANSITION_MARKERS, crossed_transition
-from ..certaindex import answer_entropy, decide, probe_agreement
+from ..certaindex import answer_entropy, cot_certaindex, decide
 from ._methods import Method, parse_methods
 from ._report import ResultRow, summarize
 from ._traces import Trace, TraceProbe
@@ -109,11 +109,15 @@ def _at_transitions(method: Method, trace: Trace, probes: list[TraceProbe]
 def _cot(method: Method, trace: Trace) -> ResultRow:
     seen: list[TraceProbe] = []
     probes = _every_mth(method, trace)
+    if method.min_confidence is not None and any(p.confidence is None for p in probes):
+        raise ValueError(f"{method.name}: trace {trace.id!r} has probes without token "
+                         "confidence (recorded in text mode, or before it was recorded)")
     for probe in _at_transitions(method, trace, probes) if method.transitions else probes:
         seen.append(probe)
-        scored = [{"answer": p.answer, "confident": p.confident or not method.hesitation}
-                  for p in seen]
-        if decide(probe_agreement(scored, int(method.threshold), _same)) == "exit":
+        scored = [{"answer": p.answer, "confident": p.confident or not method.hesitation,
+                   "confidence": p.confidence} for p in seen]
+        certaindex = cot_certaindex(scored, int(method.threshold), method.min_confidence, _same)
+        if decide(certaindex) == "exit":
             return _row(method, trace, probe.answer, probe.tokens, seen, "certain")
     return _row(method, trace, trace.answer, trace.reasoning_tokens, seen, trace.stop_reason)
 

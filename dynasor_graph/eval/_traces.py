@@ -49,6 +49,9 @@ class TraceProbe(BaseModel):
     confident: bool
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
+    confidence: float | None = Field(
+        default=None, ge=0, le=1, description="The answer tokens' geometric-mean probability "
+        "(None: no log-probabilities, or traces recorded before it)")
     chars: int | None = Field(
         default=None, ge=0, description="Characters of reasoning before the probe: where "
         "transition-placed probing is replayed from (None in traces recorded before it)")
@@ -138,7 +141,8 @@ async def record_trace(endpoint: Endpoint, problem: Problem, config: CoTConfig,
             probes.append(TraceProbe(
                 tokens=chunk["tokens"], text=chunk["text"], answer=chunk["answer"],
                 confident=chunk["confident"], prompt_tokens=chunk["prompt_tokens"],
-                completion_tokens=chunk["completion_tokens"], chars=chunk.get("chars")))
+                completion_tokens=chunk["completion_tokens"], chars=chunk.get("chars"),
+                confidence=chunk.get("confidence")))
         elif mode == "updates":
             for update in chunk.values():
                 state.update(update or {})
