@@ -170,6 +170,24 @@ def answer_entropy(
     return max(0.0, 1 - entropy / math.log(n)), majority  # no -2e-16 from rounding
 
 
+def weighted_answer_entropy(
+    answers: Sequence[str], weights: Sequence[float],
+    same: Callable[[str, str], bool] = equivalent,
+) -> tuple[float, str]:
+    """:func:`answer_entropy` over the *weighted* answer distribution (DeepConf's
+    confidence-weighted vote): class shares ``w(C_i) / Σ w``, ``1 - H / ln n``, and the
+    class with the most weight. Equal weights give :func:`answer_entropy` exactly."""
+    if len(weights) != len(answers) or any(w < 0 for w in weights):
+        raise ValueError("give one non-negative weight per answer")
+    majority = weighted_majority(answers, weights, same)
+    total, n = float(sum(weights)), len(answers)
+    if n < 2 or total <= 0:
+        return (1.0 if majority and total > 0 else 0.0), majority
+    shares = [sum(weights[i] for i in c) / total for c in _classes(answers, same)]
+    entropy = -sum(s * math.log(s) for s in shares if s > 0)
+    return max(0.0, 1 - entropy / math.log(n)), majority
+
+
 def weighted_majority(
     answers: Sequence[str],
     weights: Sequence[float] | None = None,

@@ -22,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict
@@ -149,6 +150,11 @@ class CoTState(CoTInput, CoTOutput, total=False):
     chunk_start: int
     """Characters of reasoning before the latest chunk: where ``probe_at='transitions'``
     looks for a transition from."""
+    logprob_sum: float
+    """Sum of the reasoning tokens' log-probabilities (token-exact continuation only)."""
+    logprob_tokens: int
+    """How many reasoning tokens ``logprob_sum`` covers: their geometric-mean probability is
+    the path's confidence (:func:`path_confidence`, DeepConf's average trace confidence)."""
 
 
 class Node(Protocol):
@@ -161,6 +167,13 @@ def fresh_path() -> CoTState:
     """A chain of thought that has not started: no reasoning, no probes, zero usage."""
     return CoTState(reasoning="", token_ids=[], probes=[], usage=empty_usage(), certaindex=0.0,
                     decision="continue", stop_reason=None, answer="", response="")
+
+
+def path_confidence(state: CoTState) -> float | None:
+    """The geometric-mean probability of every token this path reasoned, ``None`` where the
+    server returned no log-probabilities (text continuation)."""
+    count = state.get("logprob_tokens", 0)
+    return math.exp(state.get("logprob_sum", 0.0) / count) if count else None
 
 
 def thinking_closed(text: str, endpoint: Endpoint) -> bool:
@@ -229,6 +242,9 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         update: dict[str, Any] = {"reasoning": reasoning, "usage": usage,
                                   "token_ids": [*state.get("token_ids", []), *chunk.token_ids],
                                   "chunk_start": len(state["reasoning"])}
+        if chunk.token_logprobs:
+            update["logprob_sum"] = state.get("logprob_sum", 0.0) + sum(chunk.token_logprobs)
+            update["logprob_tokens"] = state.get("logprob_tokens", 0) + len(chunk.token_logprobs)
         if chunk.finish_reason != "length":  # the model ended its turn by itself
             closed = thinking_closed(reasoning, endpoint)
             update.update(decision="exit", stop_reason="answered" if closed else "finished")

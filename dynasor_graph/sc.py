@@ -7,7 +7,9 @@ entropy Certaindex of the finished paths and routes: **exit** once ``detect_at``
 finished and it reaches ``threshold`` (answer = the majority class); **continue** the paths
 still reasoning; when all have finished below the threshold, **widen** by ``widen_by`` new
 paths (``add_paths``), up to ``max_width``. ``token_budget`` bounds the generated tokens
-of all paths together::
+of all paths together. ``vote="weighted"`` or ``"filtered"`` (DeepConf) weighs each finished
+path by its confidence, the geometric-mean probability of its reasoning tokens, and stops on
+the weighted answer distribution::
 
     START → prepare ─Send→ step … → score ─continue─Send→ step
                                         ├─widen→ add_paths ─Send→ step
@@ -22,6 +24,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
@@ -41,13 +44,14 @@ from ._state import (
     sum_usage,
 )
 from ._token_route import render_chat
-from .certaindex import answer_entropy, route_on
+from .certaindex import answer_entropy, route_on, weighted_answer_entropy
 from .cot import (
     CoTConfig,
     CoTState,
     certaindex_condition,
     finish_node,
     fresh_path,
+    path_confidence,
     probe_node,
     reason_node,
 )
@@ -78,6 +82,13 @@ class SCConfig(BaseModel):
         default=None, ge=1, le=256, description="Finished paths needed to exit (default width)"
     )
     threshold: float = Field(default=0.7, gt=0, le=1, description="Answer-entropy Certaindex")
+    vote: Literal["majority", "weighted", "filtered"] = Field(
+        default="majority", description="majority: one vote a path (the paper); weighted: "
+        "each path votes with its confidence (geometric-mean token probability, DeepConf), and "
+        "the Certaindex is the weighted answer entropy; filtered: only the most confident "
+        "keep_share of the finished paths vote, weighted. Needs token-exact continuation")
+    keep_share: float = Field(default=0.9, gt=0, le=1,
+                              description="filtered: share of finished paths that vote")
     token_budget: int = Field(
         default=16384, ge=1, le=10_000_000,
         description="Generated tokens (reasoning + probes) of all paths together, never exceeded",
@@ -181,7 +192,7 @@ def create_sc(
     async def score(state: SCState) -> dict[str, Any]:
         paths = [await _stop_if_broke(p, config, finish) for p in _allocate(state["paths"], config)]
         answers = [p.get("answer", "") for p in paths if _finished(p)]
-        certaindex, majority = answer_entropy(answers) if answers else (0.0, "")
+        certaindex, majority = _vote([p for p in paths if _finished(p)], config)
         budget_left = _budget_left(paths, config)
         running = any(not _finished(p) for p in paths)
         room = len(paths) < config.max_width and budget_left > config.path.probe_max_tokens
@@ -249,6 +260,25 @@ def _step_graph(
                                   {"continue": END, "exit": "finish"})
     builder.add_edge("finish", END)
     return builder.compile(name="path")
+
+
+def _vote(finished: list[PathState], config: SCConfig) -> tuple[float, str]:
+    """The Certaindex and answer of the finished paths' vote (``config.vote``)."""
+    answers = [p.get("answer", "") for p in finished]
+    if not answers:
+        return 0.0, ""
+    if config.vote == "majority":
+        return answer_entropy(answers)
+    weights = [path_confidence(p) for p in finished]
+    if any(w is None for w in weights):
+        raise ValueError(f"vote={config.vote!r} needs the paths' token log-probabilities: "
+                         "token-exact continuation (/v1/completions), not text mode")
+    scored = list(zip(answers, [float(w or 0.0) for w in weights], strict=True))
+    if config.vote == "filtered":  # the most confident, in path order
+        keep = max(1, math.ceil(config.keep_share * len(scored)))
+        kept = sorted(range(len(scored)), key=lambda i: -scored[i][1])[:keep]
+        scored = [scored[i] for i in sorted(kept)]
+    return weighted_answer_entropy([a for a, _ in scored], [w for _, w in scored])
 
 
 def _new_path(index: int, config: CoTConfig) -> PathState:

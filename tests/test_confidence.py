@@ -13,9 +13,16 @@ from dynasor_graph import CoTConfig, Endpoint, create_cot
 from dynasor_graph._answers import answer_end
 from dynasor_graph._endpoint import Completion
 from dynasor_graph._probe import answer_confidence
-from dynasor_graph.certaindex import cot_certaindex, probe_agreement
+from dynasor_graph.certaindex import (
+    answer_entropy,
+    cot_certaindex,
+    probe_agreement,
+    weighted_answer_entropy,
+)
+from dynasor_graph.cot import path_confidence
 from dynasor_graph.eval import Trace, replay_traces
 from dynasor_graph.eval._traces import TraceProbe
+from dynasor_graph.sc import PathState, SCConfig, _vote, create_sc
 
 
 def test_confidence_is_the_answer_tokens_geometric_mean() -> None:
@@ -106,3 +113,48 @@ async def test_confidence_from_real_vllm_logprobs_drives_the_stop(
     replayed = next(r for r in rows if r["method"] == "cot:1@16+conf0.3")
     assert replayed["reasoning_tokens"] == result["usage"]["reasoning_tokens"]
     assert (replayed["stop_reason"] == "certain") == (result["stop_reason"] == "certain")
+
+
+def test_weighted_answer_entropy() -> None:
+    answers = ["5", "5", "7", "7"]
+    assert weighted_answer_entropy(answers, [1, 1, 1, 1]) == answer_entropy(answers)
+    certaindex, majority = weighted_answer_entropy(answers, [0.9, 0.8, 0.1, 0.1])
+    shares = [1.7 / 1.9, 0.2 / 1.9]
+    assert majority == "5"
+    assert certaindex == pytest.approx(1 + sum(s * math.log(s) for s in shares) / math.log(4))
+    assert weighted_answer_entropy(["5", "7"], [0.1, 0.3])[1] == "7"  # weight, not count
+    assert weighted_answer_entropy(["5"], [0.0]) == (0.0, "5")
+    with pytest.raises(ValueError, match="one non-negative weight per answer"):
+        weighted_answer_entropy(answers, [1, 1])
+
+
+def path(answer: str, mean_logprob: float | None) -> PathState:
+    state = PathState(answer=answer, decision="exit")
+    if mean_logprob is not None:
+        state.update(logprob_sum=10 * mean_logprob, logprob_tokens=10)
+    return state
+
+
+def test_sc_votes_weighted_and_filtered() -> None:
+    paths = [path("5", -2.0), path("5", -2.0), path("7", -0.1)]  # 0.135, 0.135, 0.905
+    assert _vote(paths, SCConfig())[1] == "5"  # one path, one vote
+    assert _vote(paths, SCConfig(vote="weighted"))[1] == "7"
+    weighted = _vote(paths, SCConfig(vote="weighted"))[0]
+    assert weighted > answer_entropy(["5", "5", "7"])[0]  # the mass sits on "7"
+    # filtered: the most confident ceil(0.5 * 3) = 2 paths vote
+    assert _vote(paths, SCConfig(vote="filtered", keep_share=0.5)) == weighted_answer_entropy(
+        ["5", "7"], [math.exp(-2.0), math.exp(-0.1)])
+    with pytest.raises(ValueError, match="needs the paths' token log-probabilities"):
+        _vote([path("5", None)], SCConfig(vote="weighted"))
+
+
+async def test_sc_weighted_vote_on_real_vllm(local_vllm: Endpoint) -> None:
+    config = SCConfig(path=CoTConfig(chunk_size=16, max_tokens=32, seed=5), width=2,
+                      max_width=2, vote="weighted", threshold=0.99)
+    result = await create_sc(local_vllm, config).ainvoke({"question": "What is 2 + 3?"})
+    finished = [p for p in result["paths"] if p.get("decision") == "exit"]
+    weights = [path_confidence(p) for p in finished]
+    assert all(w is not None and 0 < w <= 1 for w in weights), weights
+    certaindex, majority = weighted_answer_entropy([p.get("answer", "") for p in finished],
+                                                   [float(w or 0) for w in weights])
+    assert (result["answer"], result["certaindex"]) == (majority, pytest.approx(certaindex))
