@@ -242,12 +242,13 @@ def _outcome(correct: NDArray[np.bool_], losses: NDArray[np.bool_], saved: float
 
 
 def one_per_problem(traces: Sequence[Trace]) -> list[Trace]:
-    """Sample 0 of each problem (the lowest sample where 0 is missing), in file order."""
+    """Sample 0 of each problem (the lowest sample where 0 is missing), sorted by id: the
+    split then depends on the problems and the seed, not on the order traces were written."""
     best: dict[str, Trace] = {}
     for trace in traces:
         if trace.id not in best or trace.sample < best[trace.id].sample:
             best[trace.id] = trace
-    return list(best.values())
+    return [best[key] for key in sorted(best)]
 
 
 def calibrate(
