@@ -233,3 +233,35 @@ def test_a_calibrated_rule_takes_only_a_seed_override(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"format": "other"}', encoding="utf-8")
     with pytest.raises(ValueError, match="not a calibrated-rule file"):
         CoTConfig.from_calibration(tmp_path / "bad.json")
+
+
+def test_solve_and_bench_take_the_calibrated_rule(
+    scripted: ScriptedServer, tmp_path: Path, cli: Callable[..., tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DYNASOR_API_BASE", "DYNASOR_MODEL", "DYNASOR_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    rule = hand_written(tmp_path / "rule.json", hesitation_filter=False)
+    server = ["--model", "scripted", "--api-base", scripted.api_base]
+    scripted.script.probes = ["wait 5}"]
+    code, out, err = cli("solve", "q", "--calibrated", str(rule), "--json", *server)
+    assert code == 0, err
+    result = json.loads(out)  # chunk 8, two agreeing probes, hesitation ignored
+    assert [p["tokens"] for p in result["probes"]] == [8, 16]
+    assert result["stop_reason"] == "certain"
+    code, _, err = cli("solve", "q", "--calibrated", str(rule), "--threshold", "3", *server)
+    assert code == 1 and "--calibrated runs the certified CoT rule as recorded: not with " \
+        "--threshold" in err
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"id": "p", "question": "q", "answer": "5"}) + "\n",
+                    encoding="utf-8")
+    code, out, err = cli("bench", "--dataset", str(data), "--calibrated", str(rule),
+                         "--methods", "full", "--out", str(tmp_path / "bench"), *server)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "bench" / "summary.json").read_text())
+    assert list(summary) == ["full", "calibrated"]
+    assert summary["full"]["mean_reasoning_tokens"] == 40  # the calibrated budget
+    assert summary["calibrated"]["mean_reasoning_tokens"] == 16
+    code, _, err = cli("bench", "--dataset", str(data), "--calibrated", str(rule),
+                       "--max-tokens", "64", "--out", str(tmp_path / "b2"), *server)
+    assert code == 1 and "certified at a budget of 40 tokens" in err
