@@ -83,13 +83,13 @@ def test_record_writes_exactly_the_expected_trace(
         "probes": [
             {"tokens": 4, "text": "5} \\]", "answer": "5", "confident": True,
              "prompt_tokens": 9 + 4 + 4 + SUFFIX_TOKENS, "completion_tokens": 2,
-             "chars": 12},  # "r0 " .. : 3 characters a token
+             "confidence": None, "chars": 12},  # "r0 " .. : 3 characters a token
             {"tokens": 8, "text": "wait 5}", "answer": "wait 5", "confident": False,
              "prompt_tokens": 9 + 4 + 8 + SUFFIX_TOKENS, "completion_tokens": 2,
-             "chars": 24},  # "r0 " .. : 3 characters a token
+             "confidence": None, "chars": 24},  # "r0 " .. : 3 characters a token
             {"tokens": 10, "text": "6}", "answer": "6", "confident": True,
              "prompt_tokens": 9 + 4 + 10 + SUFFIX_TOKENS, "completion_tokens": 1,
-             "chars": 30},  # "r0 " .. : 3 characters a token
+             "confidence": None, "chars": 30},  # "r0 " .. : 3 characters a token
         ],
         "settings": {
             "model": "hosted_vllm/scripted", "api_base": scripted.api_base,
@@ -98,7 +98,7 @@ def test_record_writes_exactly_the_expected_trace(
             "probe_suffix": scripted.script.probe_suffix, "probe_max_tokens": 20,
             "probe_temperature": 0.6, "probe_top_p": 0.95,
             "hesitation_words": ["wait", "hold", "but", "okay", "no", "hmm"],
-            "system_prompt": None, "probe_at": "chunks",
+            "system_prompt": None, "probe_at": "chunks", "min_probe_confidence": None,
             "transition_markers": ["Wait", "Alternatively", "\n\n"],
         },
         "question": QUESTION,
