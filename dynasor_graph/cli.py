@@ -26,6 +26,7 @@ from ._endpoint import Endpoint
 from ._errors import DynasorError
 from .cot import EFFORT_PRESETS, CoTConfig
 from .eval._bench import DEFAULT_METHODS as BENCH_METHODS
+from .eval._calibrate_report import add_parser as add_calibrate_parser
 from .eval._datasets import Problem
 from .eval._report import ResultRow
 from .local._default import LOCAL_PORT, default_endpoint
@@ -105,21 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--methods", nargs="+", help="full, oracle, truncate:N, mild..crazy, "
                         "cot:T@C, entropy:X@W, sc, sc:X@D (default: those that fit)")
 
-    calibrate = commands.add_parser(
-        "calibrate", help="certify the most saving stopping rule on traces: accuracy loss "
-        "vs full reasoning <= EPS with probability >= 1-DELTA; write it as a config")
-    calibrate.add_argument("traces", type=Path, nargs="+", help="traces jsonl from `record`")
-    calibrate.add_argument("--max-accuracy-loss", type=float, required=True, metavar="EPS",
-                           help="accuracy the rule may lose against full reasoning (paired)")
-    calibrate.add_argument("--confidence", type=float, required=True, metavar="1-DELTA",
-                           help="probability, over the calibration traces, that it holds")
-    calibrate.add_argument("--out", type=Path, required=True,
-                           help="the calibrated-rule JSON to write (the plot goes beside it)")
-    calibrate.add_argument("--holdout", type=float, default=0.3,
-                           help="share of problems held out to report the realized loss")
-    calibrate.add_argument("--order", type=float, default=0.3,
-                           help="share of the rest that orders the candidates")
-    calibrate.add_argument("--seed", type=int, default=0, help="seed of the splits")
+    add_calibrate_parser(commands)
 
     bench = commands.add_parser(
         "bench", help="live runs of full reasoning, truncation and Dynasor-CoT presets")
@@ -366,16 +353,10 @@ def _evaluate(args: argparse.Namespace) -> None:
                                seed=args.seed)
             _record(args, problems, config)
             return
-        args.calibrated_config = None
-        if args.calibrated is not None:
-            args.calibrated_config = CoTConfig.from_calibration(args.calibrated)
-            budget = args.calibrated_config.max_tokens
-            if args.max_tokens not in (None, budget):
-                raise ValueError(f"--max-tokens {args.max_tokens}: the calibrated rule was "
-                                 f"certified at a budget of {budget} tokens")
-            args.max_tokens = budget
-        elif args.max_tokens is None:
-            args.max_tokens = 1024
+        calibrated = args.calibrated_config = (
+            CoTConfig.from_calibration(args.calibrated) if args.calibrated else None)
+        if args.max_tokens is None:
+            args.max_tokens = calibrated.max_tokens if calibrated else 1024
         for method in parse_methods(args.methods):
             method.config(args.max_tokens, args.seed)
         if any(v is not None and v <= 0 for v in (args.arrival_rate, args.deadline_s)):
@@ -388,17 +369,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    """Certify a rule on the traces, write it and the plot, print what was certified."""
     _require_eval("calibrate")
-    from .eval._calibrate import calibrate, plot, table_text
+    from .eval._calibrate_report import run
 
-    result = calibrate(args.traces, args.max_accuracy_loss, args.confidence,
-                       holdout=args.holdout, order=args.order, seed=args.seed)
-    result.rule.save(args.out)
-    figure = args.out.with_suffix(".png")
-    plot(result, figure)
-    print(table_text(result.rule))
-    print(f"wrote {args.out}, {figure}")
+    run(args)
 
 
 def _record(args: argparse.Namespace, problems: list[Problem], config: CoTConfig) -> None:

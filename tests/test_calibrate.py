@@ -264,4 +264,4 @@ def test_solve_and_bench_take_the_calibrated_rule(
     assert summary["calibrated"]["mean_reasoning_tokens"] == 16
     code, _, err = cli("bench", "--dataset", str(data), "--calibrated", str(rule),
                        "--max-tokens", "64", "--out", str(tmp_path / "b2"), *server)
-    assert code == 1 and "certified at a budget of 40 tokens" in err
+    assert code == 1 and "calibrated rule was certified at max_tokens=40, not 64" in err
