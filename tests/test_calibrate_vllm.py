@@ -11,7 +11,7 @@ import pytest
 
 from dynasor_graph import Endpoint
 from dynasor_graph.cli import main
-from dynasor_graph.eval import CalibratedRule, Trace, replay_traces
+from dynasor_graph.eval import CalibratedRule, Trace, load_traces, replay_traces
 from dynasor_graph.eval._traces import TraceProbe
 
 
@@ -41,6 +41,7 @@ def test_record_calibrate_solve_runs_the_certified_rule(
     assert f"certified {rule.rule.method}" in out
     assert (rule.model, rule.n_traces, rule.settings["max_tokens"]) == (local_vllm.model, 5, 64)
     assert rule.rule.chunk_size % 16 == 0
+    assert all(p.confidence is not None for t in load_traces(traces) for p in t.probes)
 
     question = "Ann has 3 apples and gets 4 more. How many apples does Ann have?"
     result = json.loads(run(capsys, "solve", question, "--calibrated", str(rule_file),
@@ -60,7 +61,8 @@ def test_record_calibrate_solve_runs_the_certified_rule(
         stop_reason="budget" if result["stop_reason"] in ("budget", "certain") else "finished",
         reasoning_tokens=usage["reasoning_tokens"], reasoning_prompt_tokens=0,
         probes=[TraceProbe(tokens=p["tokens"], text="", answer=p["answer"],
-                           confident=p["confident"], prompt_tokens=0, completion_tokens=0)
+                           confident=p["confident"], confidence=p["confidence"],
+                           prompt_tokens=0, completion_tokens=0)
                 for p in probes],
         settings={**rule.settings, "chunk_size": chunk}, question=question)
     rows, _ = replay_traces([trace], [method])
