@@ -40,6 +40,10 @@ class Usage(TypedDict):
     answer_tokens: int
     """Of ``reasoning_tokens``, those generated after the model closed its thinking (its
     answer); the rest is thinking. Exact in token mode; 0 in text mode."""
+    discarded_tokens: int
+    """Tokens the server streamed past the point where the program stopped (overlapped
+    probing: the stream keeps decoding while a probe decides; an exit closes it): generated
+    and received, never used. 0 in sequential probing."""
 
 
 def empty_usage() -> Usage:
@@ -52,6 +56,7 @@ def empty_usage() -> Usage:
         reward_prompt_tokens=0,
         reward_completion_tokens=0,
         answer_tokens=0,
+        discarded_tokens=0,
     )
 
 
@@ -71,8 +76,10 @@ def sum_usage(usages: Iterable[Usage]) -> Usage:
 
 
 def generated_tokens(usage: Usage) -> int:
-    """Tokens the reasoning model generated (reasoning and probes): what budgets count."""
-    return usage["reasoning_tokens"] + usage["probe_completion_tokens"]
+    """Tokens the reasoning model generated (reasoning, probes, and streamed tokens past an
+    exit): what budgets count."""
+    return (usage["reasoning_tokens"] + usage["probe_completion_tokens"]
+            + usage.get("discarded_tokens", 0))
 
 
 class CoTInput(TypedDict, total=False):

@@ -23,10 +23,12 @@ Usage::
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict
 
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
@@ -42,6 +44,7 @@ from ._probe import (
     emit_probe_event,
 )
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
+from ._stream import LiveStream, close_stream, forget, live_stream, resubmit
 from ._token_route import extend, render_chat
 from .certaindex import Decision, StopReason, cot_certaindex, route_on
 
@@ -62,6 +65,7 @@ __all__ = [
 ]
 
 Effort = Literal["mild", "low", "mid", "high", "crazy"]
+Probing = Literal["sequential", "overlapped"]
 
 EFFORT_PRESETS: dict[str, tuple[int, int]] = {
     "mild": (8, 64),
@@ -99,6 +103,16 @@ class CoTConfig(ProbeConfig):
     transition_markers: tuple[str, ...] = Field(
         default=TRANSITION_MARKERS, description="What counts as a transition for "
         "probe_at='transitions' (case-sensitive substrings)")
+    probing: Probing = Field(
+        default="sequential", description="sequential: each chunk is its own request and the "
+        "probe waits for it; overlapped: the reasoning is one streamed request and each probe "
+        "is a side request forked at the chunk boundary while the stream keeps decoding "
+        "(token mode only; text mode probes sequentially)")
+    resubmit_every: int | None = Field(
+        default=None, ge=1, le=100_000, description="Overlapped probing: close and re-submit "
+        "the stream every this many chunks, so its vLLM priority follows the scheduler's "
+        "policy (a request's priority is fixed at submission); None keeps one stream")
+
 
     @classmethod
     def from_effort(cls, effort: Effort, **overrides: object) -> CoTConfig:
@@ -155,6 +169,9 @@ class CoTState(CoTInput, CoTOutput, total=False):
     logprob_tokens: int
     """How many reasoning tokens ``logprob_sum`` covers: their geometric-mean probability is
     the path's confidence (:func:`path_confidence`, DeepConf's average trace confidence)."""
+    session_id: str
+    """The program's key (a uuid4 hex made in ``prepare`` unless given): its live stream's
+    key in the per-process registry (overlapped probing)."""
 
 
 class Node(Protocol):
@@ -212,29 +229,30 @@ def prepare_node(endpoint: Endpoint, config: CoTConfig) -> Node:
     async def prepare(state: CoTState) -> dict[str, Any]:
         chat = chat_messages(state, config.system_prompt)
         prompt_ids = await render_chat(endpoint, chat)
-        return {"chat": chat, "prompt_ids": prompt_ids, **fresh_path()}
+        return {"chat": chat, "prompt_ids": prompt_ids, **fresh_path(),
+                "session_id": state.get("session_id") or uuid.uuid4().hex}
 
     return prepare
 
 
 def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
-    """Extend the reasoning by at most ``chunk_size`` tokens, never past ``max_tokens``."""
+    """Extend the reasoning by at most ``chunk_size`` tokens, never past ``max_tokens``:
+    a new request (sequential probing) or the next tokens of the program's live stream
+    (overlapped probing, token mode), streamed to ``stream_mode="custom"`` as they arrive."""
 
     async def reason(state: CoTState) -> dict[str, Any]:
         usage = state["usage"].copy()
         remaining = token_cap(state, config) - usage["reasoning_tokens"]
+        if (config.probing == "overlapped" and state.get("prompt_ids") is not None
+                and state.get("session_id")):  # token mode, and a key for the live stream
+            chunk = await _take(endpoint, config, state, usage, min(config.chunk_size, remaining))
+        else:
+            chunk = await extend(
+                endpoint, state["chat"], state.get("prompt_ids"), state.get("token_ids", []),
+                state["reasoning"], max_tokens=min(config.chunk_size, remaining),
+                temperature=config.temperature, top_p=config.top_p,
+                seed=state.get("seed", config.seed))
         reasoning = state["reasoning"]
-        chunk = await extend(
-            endpoint,
-            state["chat"],
-            state.get("prompt_ids"),
-            state.get("token_ids", []),
-            reasoning,
-            max_tokens=min(config.chunk_size, remaining),
-            temperature=config.temperature,
-            top_p=config.top_p,
-            seed=state.get("seed", config.seed),
-        )
         usage["reasoning_tokens"] += chunk.completion_tokens
         usage["reasoning_prompt_tokens"] += chunk.prompt_tokens
         usage["answer_tokens"] += answer_tokens(reasoning, chunk, endpoint)
@@ -251,6 +269,55 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         return update
 
     return reason
+
+
+def stream_key(state: CoTState) -> str:
+    """The key of the chain's live stream: the program's ``session_id``, plus the path's id
+    in a multi-path program (each path streams on its own)."""
+    key = state.get("session_id") or ""
+    path = state.get("id")
+    return key if path is None else f"{key}/{path}"
+
+
+async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, usage: Usage,
+                n: int) -> Completion:
+    """The chain's next ``n`` tokens from its live stream, opened (or re-opened token-exactly
+    from the state's ids: after a resume, a retry, or every ``resubmit_every`` chunks) as one
+    request reaching the budget; what a replaced stream received past the state is counted
+    in ``usage["discarded_tokens"]``."""
+    key, generated = stream_key(state), state.get("token_ids", [])
+
+    async def open_stream() -> tuple[LiveStream, int]:
+        return await live_stream(
+            key, endpoint, state.get("prompt_ids") or [], generated,
+            max_tokens=config.max_tokens - usage["reasoning_tokens"],
+            temperature=config.temperature, top_p=config.top_p,
+            seed=state.get("seed", config.seed))
+
+    stream, dropped = await open_stream()
+    if (config.resubmit_every is not None and stream.takes >= config.resubmit_every
+            and not stream.ended and len(stream.ids) < stream.carried + stream.max_tokens):
+        # re-submitted while it still has tokens to make: tagged anew by the policy's hook
+        stream = await resubmit(
+            key, endpoint, state.get("prompt_ids") or [], generated,
+            max_tokens=config.max_tokens - usage["reasoning_tokens"],
+            temperature=config.temperature, top_p=config.top_p,
+            seed=state.get("seed", config.seed))
+    usage["discarded_tokens"] = usage.get("discarded_tokens", 0) + dropped
+    writer = get_stream_writer()
+    chunk = await stream.take(n, lambda text, tokens: writer(
+        {"event": "token", "text": text, "tokens": tokens}))
+    forget(key)  # a stream that ended and was read to its end leaves the registry
+    return chunk
+
+
+async def discard_stream(state: CoTState, usage: Usage) -> Usage:
+    """Close the chain's live stream (it stopped) and count what it received past the
+    state's tokens as ``discarded_tokens``; ``usage`` unchanged if it had none."""
+    dropped = await close_stream(stream_key(state), position=len(state.get("token_ids", [])))
+    if not dropped:
+        return usage
+    return Usage(**{**usage, "discarded_tokens": usage.get("discarded_tokens", 0) + dropped})
 
 
 def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True) -> Node:
@@ -290,6 +357,8 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
                                     config.min_probe_confidence)
         decision, stop_reason = route_on(certaindex if early_exit else 0.0,
                                          stops=[("budget", spent)])
+        if decision == "exit":  # stop the live stream now, not a superstep later
+            usage = await discard_stream(state, usage)
         emit_probe_event(reply, certaindex, decision, tokens=record["tokens"],
                          chars=len(state["reasoning"]))
         return {
@@ -310,19 +379,19 @@ def finish_node(endpoint: Endpoint) -> Node:
 
     async def finish(state: CoTState) -> dict[str, Any]:
         reasoning = state["reasoning"]
-        if state.get("stop_reason") in ("finished", "answered"):
+        usage = await discard_stream(state, state["usage"])  # overlapped: close what still runs
+        ended = {"usage": usage} if usage is not state["usage"] else {}
+        if state.get("stop_reason") in ("finished", "answered") or thinking_closed(
+                reasoning, endpoint):  # finished, or cut short while answering
             answer = final_answer(after_thinking(reasoning, endpoint))
-            return {"answer": answer, "response": reasoning, "decision": "exit"}
-        if thinking_closed(reasoning, endpoint):  # cut short while answering
-            answer = final_answer(after_thinking(reasoning, endpoint))
-            return {"answer": answer, "response": reasoning, "decision": "exit"}
+            return {"answer": answer, "response": reasoning, "decision": "exit", **ended}
         probes = state["probes"]
         answer = probes[-1]["answer"] if probes else ""
         response = reasoning
         if answer:
             closing = f"\n\n{endpoint.think_markers[1]}\n\n"
             response = f"{reasoning}{closing}{FINAL_ANSWER_HEADER}{answer}}} \\]"
-        return {"answer": answer, "response": response, "decision": "exit"}
+        return {"answer": answer, "response": response, "decision": "exit", **ended}
 
     return finish
 

@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Annotated, Any, Literal, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
@@ -49,6 +50,7 @@ from .cot import (
     CoTConfig,
     CoTState,
     certaindex_condition,
+    discard_stream,
     finish_node,
     fresh_path,
     path_confidence,
@@ -132,14 +134,18 @@ class SCState(CoTInput, SCOutput, total=False):
 
     chat: list[dict[str, str]]
     prompt_ids: list[int] | None
+    session_id: str
+    """The program's key (uuid4 hex made in ``prepare`` unless given): with a path's id, the
+    key of the path's live stream (overlapped probing)."""
 
 
 class PathTask(TypedDict):
-    """What ``Send`` hands ``step``: one path and the shared chat and prompt."""
+    """What ``Send`` hands ``step``: one path and the shared chat, prompt and session key."""
 
     path: PathState
     chat: list[dict[str, str]]
     prompt_ids: list[int] | None
+    session_id: str
 
 
 def create_sc(
@@ -177,16 +183,18 @@ def create_sc(
         # Rendered once: every path continues the same prompt, so the cache shares it too.
         prompt_ids = await render_chat(endpoint, chat)
         return {"chat": chat, "prompt_ids": prompt_ids, "paths": paths,
+                "session_id": state.get("session_id") or uuid.uuid4().hex,
                 "usage": empty_usage(), "certaindex": 0.0,
                 "decision": "continue", "stop_reason": None, "answer": "",
                 "budget_left": config.token_budget}
 
     async def step(state: PathTask) -> dict[str, Any]:
         path = state["path"]
-        result = await step_graph.ainvoke(cast(CoTState, {
-            **path, "chat": state["chat"], "prompt_ids": state["prompt_ids"]}))
-        result.pop("chat", None)
-        result.pop("prompt_ids", None)
+        result = await step_graph.ainvoke(cast(PathState, {
+            **path, "chat": state["chat"], "prompt_ids": state["prompt_ids"],
+            "session_id": state.get("session_id", "")}))
+        for shared in ("chat", "prompt_ids", "session_id"):
+            result.pop(shared, None)
         return {"paths": [cast(PathState, {**result, "id": path["id"]})]}
 
     async def score(state: SCState) -> dict[str, Any]:
@@ -215,7 +223,8 @@ def create_sc(
 
     def run_paths(state: SCState) -> list[Send]:
         return [Send("step", {"path": p, "chat": state["chat"],
-                              "prompt_ids": state.get("prompt_ids")})
+                              "prompt_ids": state.get("prompt_ids"),
+                              "session_id": state.get("session_id", "")})
                 for p in state["paths"] if not _finished(p)]
 
     def after_score(state: SCState) -> Literal["exit", "widen"] | list[Send]:
@@ -229,7 +238,7 @@ def create_sc(
     builder.add_node("step", step, input_schema=PathTask)
     builder.add_node("score", score)
     builder.add_node("add_paths", add_paths)
-    builder.add_node("finish", _finish)
+    builder.add_node("finish", _finish_paths)
     builder.add_edge(START, "prepare")
     builder.add_conditional_edges("prepare", run_paths, ["step"])
     builder.add_edge("step", "score")
@@ -246,13 +255,16 @@ def create_sc(
 
 def _step_graph(
     endpoint: Endpoint, config: CoTConfig
-) -> CompiledStateGraph[CoTState, None, CoTState, CoTState]:
+) -> CompiledStateGraph[PathState, None, PathState, PathState]:
     """One round of one path: reason a chunk, probe, and finish if either says exit."""
     retry = retry_policy(endpoint)
-    builder = StateGraph(CoTState)
-    builder.add_node("reason", reason_node(endpoint, config), retry_policy=retry)
-    builder.add_node("probe", probe_node(endpoint, config), retry_policy=retry)
-    builder.add_node("finish", finish_node(endpoint))
+    builder = StateGraph(PathState)
+    # input_schema: the nodes see the path's id (its live stream's key), which CoTState lacks.
+    builder.add_node("reason", reason_node(endpoint, config), retry_policy=retry,
+                     input_schema=PathState)
+    builder.add_node("probe", probe_node(endpoint, config), retry_policy=retry,
+                     input_schema=PathState)
+    builder.add_node("finish", finish_node(endpoint), input_schema=PathState)
     builder.add_edge(START, "reason")
     builder.add_conditional_edges("reason", certaindex_condition,
                                   {"continue": "probe", "exit": "finish"})
@@ -316,6 +328,14 @@ async def _stop_if_broke(path: PathState, config: SCConfig, finish: Any) -> Path
     return PathState(**{**ended, **await finish(ended)})
 
 
-async def _finish(state: SCState) -> dict[str, Any]:
-    """The majority answer stands; paths still reasoning are left where they stopped."""
-    return {"decision": "exit"}
+async def _finish_paths(state: SCState) -> dict[str, Any]:
+    """The majority answer stands; paths still reasoning are left where they stopped (their
+    live streams, in overlapped probing, closed and what they ran ahead counted)."""
+    session = state.get("session_id", "")
+    paths = []
+    for path in state["paths"]:
+        usage = path["usage"]
+        if not _finished(path):
+            usage = await discard_stream(cast(CoTState, {**path, "session_id": session}), usage)
+        paths.append(path if usage is path["usage"] else PathState(**{**path, "usage": usage}))
+    return {"decision": "exit", "paths": paths, "usage": sum_usage(p["usage"] for p in paths)}

@@ -101,6 +101,7 @@ class Script:
             "reward_prompt_tokens": 0,
             "reward_completion_tokens": 0,
             "answer_tokens": 0,
+            "discarded_tokens": 0,  # a non-streaming server: nothing runs past an exit
         }
 
 

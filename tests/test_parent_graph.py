@@ -32,6 +32,7 @@ async def test_parent_graph_gets_answers_and_summed_usage(
         "reward_prompt_tokens": 0,
         "reward_completion_tokens": 0,
         "answer_tokens": 0,
+        "discarded_tokens": 0,
     }
     asked = [e["body"]["messages"][0]["content"] for e in script.log if e["kind"] == "reason"]
     assert asked == ["q one", "q one", "q two", "q two"]
