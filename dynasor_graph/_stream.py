@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ._endpoint import Completion, Endpoint, admitted, request_tags_for, session_headers
 from ._errors import EndpointError, EndpointUnreachable, ServerBusy, ServerRefused, body_message
 from ._http import shared_client
+from ._state import Usage
 
 OnTokens = Callable[[str, int], None]
 """Called with each piece of text as it is taken, and its number of tokens."""
@@ -312,3 +313,20 @@ def forget(key: str) -> None:
     stream = _LIVE.get(key)
     if stream is not None and stream.ended and stream.pending == 0:
         del _LIVE[key]
+
+
+def stream_key(state: Mapping[str, Any]) -> str:
+    """The key of a chain's live stream: the program's ``session_id``, plus the path's id
+    in a multi-path program (each path streams on its own)."""
+    key = str(state.get("session_id") or "")
+    path = state.get("id")
+    return key if path is None else f"{key}/{path}"
+
+
+async def discard_stream(state: Mapping[str, Any], usage: Usage) -> Usage:
+    """Close the chain's live stream (it stopped) and count what it received past the
+    state's tokens as ``discarded_tokens``; ``usage`` itself if it had none."""
+    dropped = await close_stream(stream_key(state), position=len(state.get("token_ids", [])))
+    if not dropped:
+        return usage
+    return Usage(**{**usage, "discarded_tokens": usage.get("discarded_tokens", 0) + dropped})

@@ -44,7 +44,7 @@ from ._probe import (
     emit_probe_event,
 )
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
-from ._stream import LiveStream, close_stream, forget, live_stream, resubmit
+from ._stream import LiveStream, discard_stream, forget, live_stream, resubmit, stream_key
 from ._token_route import extend, render_chat
 from .certaindex import Decision, StopReason, cot_certaindex, route_on
 
@@ -271,14 +271,6 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
     return reason
 
 
-def stream_key(state: CoTState) -> str:
-    """The key of the chain's live stream: the program's ``session_id``, plus the path's id
-    in a multi-path program (each path streams on its own)."""
-    key = state.get("session_id") or ""
-    path = state.get("id")
-    return key if path is None else f"{key}/{path}"
-
-
 async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, usage: Usage,
                 n: int) -> Completion:
     """The chain's next ``n`` tokens from its live stream, opened (or re-opened token-exactly
@@ -309,15 +301,6 @@ async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, usage: U
         {"event": "token", "text": text, "tokens": tokens}))
     forget(key)  # a stream that ended and was read to its end leaves the registry
     return chunk
-
-
-async def discard_stream(state: CoTState, usage: Usage) -> Usage:
-    """Close the chain's live stream (it stopped) and count what it received past the
-    state's tokens as ``discarded_tokens``; ``usage`` unchanged if it had none."""
-    dropped = await close_stream(stream_key(state), position=len(state.get("token_ids", [])))
-    if not dropped:
-        return usage
-    return Usage(**{**usage, "discarded_tokens": usage.get("discarded_tokens", 0) + dropped})
 
 
 def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True) -> Node:

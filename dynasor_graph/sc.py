@@ -44,13 +44,13 @@ from ._state import (
     merge_by_id,
     sum_usage,
 )
+from ._stream import discard_stream
 from ._token_route import render_chat
 from .certaindex import answer_entropy, route_on, weighted_answer_entropy
 from .cot import (
     CoTConfig,
     CoTState,
     certaindex_condition,
-    discard_stream,
     finish_node,
     fresh_path,
     path_confidence,
@@ -336,6 +336,6 @@ async def _finish_paths(state: SCState) -> dict[str, Any]:
     for path in state["paths"]:
         usage = path["usage"]
         if not _finished(path):
-            usage = await discard_stream(cast(CoTState, {**path, "session_id": session}), usage)
+            usage = await discard_stream({**path, "session_id": session}, usage)
         paths.append(path if usage is path["usage"] else PathState(**{**path, "usage": usage}))
     return {"decision": "exit", "paths": paths, "usage": sum_usage(p["usage"] for p in paths)}
