@@ -4,6 +4,7 @@ tokens streamed past the exit included, and a greedy run probes as the sequentia
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,13 @@ async def test_overlapped_usage_is_the_servers_count_and_probes_match_sequential
     assert spent["vllm:prompt_tokens"] == (
         usage["reasoning_prompt_tokens"] + usage["probe_prompt_tokens"])
     # Greedy: the one stream makes the chunks' tokens, so the probes see the same prefixes.
-    assert overlapped["probes"] == sequential["probes"]
+    # Probes equal but for the confidence's last digits (logprobs of another batch shape).
+    def exact(probes: list[Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in p.items() if k != "confidence"} for p in probes]
+
+    assert exact(overlapped["probes"]) == exact(sequential["probes"])
+    for mine, theirs in zip(overlapped["probes"], sequential["probes"], strict=True):
+        assert mine.get("confidence") == pytest.approx(theirs.get("confidence"), abs=1e-3)
     assert (overlapped["answer"], overlapped["stop_reason"]) == (
         sequential["answer"], sequential["stop_reason"])
     assert overlapped["response"] == sequential["response"]
