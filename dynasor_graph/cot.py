@@ -23,7 +23,7 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, Protocol, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -34,6 +34,7 @@ from ._answers import final_answer
 from ._endpoint import Completion, Endpoint, retry_policy
 from ._probe import ProbeConfig, ask_probe, emit_probe_event
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
+from ._thinking import ThinkingFormat, detect
 from ._token_route import extend, render_chat
 from .certaindex import Decision, StopReason, probe_agreement, route_on
 
@@ -102,6 +103,8 @@ class CoTOutput(TypedDict, total=False):
     stop_reason: StopReason | None
     probes: list[Probe]
     usage: Usage
+    thinking_format: str
+    """The thinking format the run used, and how it was found (or why it is plain)."""
 
 
 class CoTState(CoTInput, CoTOutput, total=False):
@@ -133,27 +136,27 @@ def fresh_path() -> CoTState:
                     decision="continue", stop_reason=None, answer="", response="")
 
 
-def thinking_closed(text: str, endpoint: Endpoint) -> bool:
-    """True once the model has closed its thinking (its close marker is in ``text``)."""
-    return endpoint.think_markers[1] in text
+def thinking_closed(text: str, fmt: ThinkingFormat, ids: list[int] | None = None) -> bool:
+    """True once the model has closed its thinking (the family's close marker: on ``ids`` in
+    token mode when it is a special token, else in ``text``)."""
+    return fmt.closed(text, ids)
 
 
-def after_thinking(text: str, endpoint: Endpoint) -> str:
-    """What follows the model's close-thinking marker: its answer (all of ``text`` if none)."""
-    return text.split(endpoint.think_markers[1], 1)[-1]
+def after_thinking(text: str, fmt: ThinkingFormat) -> str:
+    """The family's answer section of ``text`` (all of it if the thinking never closed)."""
+    return fmt.answer(text)
 
 
-def answer_tokens(before: str, chunk: Completion, endpoint: Endpoint) -> int:
+def answer_tokens(before: str, chunk: Completion, fmt: ThinkingFormat,
+                  before_ids: list[int] | None = None) -> int:
     """Tokens of ``chunk`` generated after the model closed its thinking: all of them if it
     had already, those after the marker if the marker ends in this chunk, else none."""
-    marker = endpoint.think_markers[1]
-    if marker in before:
-        return chunk.completion_tokens
-    text = before + chunk.text
-    if marker not in text:
-        return 0
-    end = text.index(marker) + len(marker) - len(before)  # where the marker ends in the chunk
-    return chunk.completion_tokens - chunk.tokens_before(end)
+    return fmt.answer_tokens(before, before_ids, chunk)
+
+
+def _ids(state: CoTState) -> list[int] | None:
+    """The program's generated ids in token mode (``None`` in text mode)."""
+    return state.get("token_ids", []) if state.get("prompt_ids") is not None else None
 
 
 def token_cap(state: CoTState, config: CoTConfig) -> int:
@@ -167,9 +170,11 @@ def prepare_node(endpoint: Endpoint, config: CoTConfig) -> Node:
     template (token-exact mode), empty reasoning, zero usage."""
 
     async def prepare(state: CoTState) -> dict[str, Any]:
-        chat = chat_messages(state, config.system_prompt)
+        fmt = await detect(endpoint)
+        chat = fmt.chat(endpoint, chat_messages(state, config.system_prompt))
         prompt_ids = await render_chat(endpoint, chat)
-        return {"chat": chat, "prompt_ids": prompt_ids, **fresh_path()}
+        return {"chat": chat, "prompt_ids": prompt_ids, **fresh_path(),
+                "thinking_format": fmt.describe()}
 
     return prepare
 
@@ -194,12 +199,13 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         )
         usage["reasoning_tokens"] += chunk.completion_tokens
         usage["reasoning_prompt_tokens"] += chunk.prompt_tokens
-        usage["answer_tokens"] += answer_tokens(reasoning, chunk, endpoint)
+        fmt = await detect(endpoint)
+        usage["answer_tokens"] += answer_tokens(reasoning, chunk, fmt, _ids(state))
         reasoning += chunk.text
         update: dict[str, Any] = {"reasoning": reasoning, "usage": usage,
                                   "token_ids": [*state.get("token_ids", []), *chunk.token_ids]}
         if chunk.finish_reason != "length":  # the model ended its turn by itself
-            closed = thinking_closed(reasoning, endpoint)
+            closed = thinking_closed(reasoning, fmt, _ids(cast(CoTState, {**state, **update})))
             update.update(decision="exit", stop_reason="answered" if closed else "finished")
         return update
 
@@ -218,7 +224,7 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
     async def probe(state: CoTState) -> dict[str, Any]:
         usage = state["usage"].copy()
         spent = usage["reasoning_tokens"] >= config.max_tokens
-        if thinking_closed(state["reasoning"], endpoint):
+        if thinking_closed(state["reasoning"], await detect(endpoint), _ids(state)):
             # The model closed its thinking and is writing its answer: nothing left to probe.
             decision, stop_reason = route_on(0.0, stops=[("budget", spent)])
             return {"decision": decision, "stop_reason": stop_reason}
@@ -252,19 +258,19 @@ def finish_node(endpoint: Endpoint) -> Node:
     thinking, so the response reads as the model's would."""
 
     async def finish(state: CoTState) -> dict[str, Any]:
-        reasoning = state["reasoning"]
+        reasoning, fmt = state["reasoning"], await detect(endpoint)
         if state.get("stop_reason") in ("finished", "answered"):
-            answer = final_answer(after_thinking(reasoning, endpoint))
+            answer = final_answer(after_thinking(reasoning, fmt))
             return {"answer": answer, "response": reasoning, "decision": "exit"}
-        if thinking_closed(reasoning, endpoint):  # cut short while answering
-            answer = final_answer(after_thinking(reasoning, endpoint))
+        if thinking_closed(reasoning, fmt, _ids(state)):  # cut short while answering
+            answer = final_answer(after_thinking(reasoning, fmt))
             return {"answer": answer, "response": reasoning, "decision": "exit"}
         probes = state["probes"]
         answer = probes[-1]["answer"] if probes else ""
         response = reasoning
-        if answer:
-            closing = f"\n\n{endpoint.think_markers[1]}\n\n"
-            response = f"{reasoning}{closing}{FINAL_ANSWER_HEADER}{answer}}} \\]"
+        if answer:  # closed the family's way (its close marker, its answer section)
+            before, after = fmt.closing(reasoning, _ids(state))
+            response = f"{reasoning}{before}{FINAL_ANSWER_HEADER}{answer}}} \\]{after}"
         return {"answer": answer, "response": response, "decision": "exit"}
 
     return finish
