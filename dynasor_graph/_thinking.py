@@ -260,17 +260,22 @@ async def _find_switch(endpoint: Endpoint, base: tuple[int, ...]) -> tuple[Switc
     when it closes an empty thinking block (Qwen3's ``<think>\\n\\n</think>``)."""
     for switch in SWITCHES:
         if switch.kind == "kwarg":
-            on = await _render_ids(endpoint, PROBE, {switch.name: switch.on,
-                                                     **endpoint.chat_template_kwargs})
-            off = await _render_ids(endpoint, PROBE, {switch.name: switch.off,
-                                                      **endpoint.chat_template_kwargs})
+            user = endpoint.chat_template_kwargs
+            on = await _render_ids(endpoint, PROBE, {**user, switch.name: switch.on})
+            off = await _render_ids(endpoint, PROBE, {**user, switch.name: switch.off})
         else:
             on = await _render_ids(endpoint, _with_command(PROBE, switch.on),
                                    endpoint.chat_template_kwargs)
             off = await _render_ids(endpoint, _with_command(PROBE, switch.off),
                                     endpoint.chat_template_kwargs)
-        if on != off:
-            return switch, await _text(endpoint, off)
+        if on == off:
+            continue
+        off_text = await _text(endpoint, off)
+        if switch.kind == "command":  # a switch only if more than the command's text changed
+            on_text = await _text(endpoint, on)
+            if on_text.replace(switch.on, "") == off_text.replace(switch.off, ""):
+                continue
+        return switch, off_text
     return Switch(), ""
 
 
