@@ -225,6 +225,7 @@ def _as_json(result: dict[str, Any]) -> dict[str, Any]:
         "decision": result.get("decision"),
         "stop_reason": result.get("stop_reason"),
         "usage": result.get("usage"),
+        "thinking_format": result.get("thinking_format", ""),
     }
     usage = result.get("usage")
     if usage:  # what the model spent thinking and, after it closed its thinking, answering

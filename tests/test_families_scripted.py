@@ -284,3 +284,21 @@ async def test_special_markers_are_found_on_ids_and_the_answer_read_after_them(
     answer = len(closed) - 1 + 3 if harmony else 3
     assert result["usage"]["answer_tokens"] == answer
     assert len(result["probes"]) == 1  # probed after chunk 1, then closed in chunk 2
+
+
+@pytest.mark.parametrize("family", [("deepseek_v3_1", False)], indirect=True)
+def test_cli_thinking_flag_maps_to_the_family_s_switch(
+    family: tuple[FamilyServer, str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dynasor_graph.cli import main
+
+    state, base = family
+    state.stream = ["r0 ", "</think>", "\\boxed{3}"]
+    code = main(["solve", "q", "--api-base", base, "--model", "m", "--thinking", "on",
+                 "--continuation", "tokens", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    rendered = state.text(state.log[0]["body"]["prompt"][0], skip_special=False)
+    assert rendered.endswith("<｜Assistant｜><think>")  # noqa: RUF001 DeepSeek's own role token
+    assert out["thinking_format"].startswith("think: '<think>'…'</think>'")
+    assert (out["stop_reason"], out["answer"]) == ("answered", "3")

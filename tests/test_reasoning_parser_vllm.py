@@ -10,9 +10,8 @@ without the parser and runs the same programs (one vLLM at a time); the tests co
 the parser, chat completions put the thinking in ``message.reasoning`` and leave ``content``
 null until ``</think>``; ``/v1/completions`` (token mode) ignores it.
 
-Not run here: ``mistral`` (needs Mistral's own tokenizer, not a Hugging Face one),
-``openai_gptoss`` (needs the harmony encoding, whose vocabulary ``openai_harmony`` downloads),
-``granite``, ``glm45``, ``deepseek_v3``: see docs/reasoning-families.md.
+Not run here (not tried yet): ``mistral``, ``openai_gptoss``, ``granite``, ``deepseek_v3``;
+see docs/reasoning-families.md.
 """
 
 from __future__ import annotations
