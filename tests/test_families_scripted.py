@@ -302,3 +302,25 @@ def test_cli_thinking_flag_maps_to_the_family_s_switch(
     assert rendered.endswith("<｜Assistant｜><think>")  # noqa: RUF001 DeepSeek's own role token
     assert out["thinking_format"].startswith("think: '<think>'…'</think>'")
     assert (out["stop_reason"], out["answer"]) == ("answered", "3")
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+"""A template with no thinking at all (ChatML, as SmolLM2's own)."""
+
+
+async def test_an_unknown_format_is_plain_reasoning_and_says_so() -> None:
+    state = FamilyServer(CHATML, special=False)
+    state.stream = [f"r{i} " for i in range(40)]
+    for base in serve(state):
+        config = CoTConfig(chunk_size=4, certainty_threshold=2)
+        result = await create_cot(endpoint(base), config).ainvoke({"question": "q"})
+        assert result["thinking_format"].startswith("plain reasoning: no thinking markers")
+        assert result["stop_reason"] == "certain"
+        assert result["response"] == ("r0 r1 r2 r3 r4 r5 r6 r7 "
+                                      "\n\n**Final Answer**\n\n\\[ \\boxed{12} \\]")
+        # the override still works: the markers given, the prompt's opener read from the render
+        fmt = await detect(endpoint(base, think_markers=("<think>", "</think>")))
+        assert (fmt.family, fmt.prompt_opens, fmt.close_ids) == ("custom", False,
+                                                                 tuple(state.ids("</think>")))

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_thinking_vllm import counters, delta, exact_prompts, suffix_length
+from test_thinking_vllm import counters, delta, suffix_length
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
 from dynasor_graph._answers import final_answer
@@ -82,6 +82,15 @@ def rendered_length(endpoint: Endpoint, kwargs: dict[str, Any]) -> int:
                .json()["tokens"])
 
 
+def prompts(result: dict[str, Any], first: int, suffix: int, chunk: int) -> tuple[int, int]:
+    """The prompt tokens a token-exact run sends: chunk k starts after k full chunks (every
+    chunk but the last is full), probe j after its reasoning, plus the suffix. Unlike
+    ``exact_prompts``, chunks after the model closed its thinking are not probed."""
+    chunks = -(-result["usage"]["reasoning_tokens"] // chunk)
+    reason = sum(first + k * chunk for k in range(chunks))
+    return reason, sum(first + p["tokens"] + suffix for p in result["probes"])
+
+
 async def test_detected_token_exact_and_closed_the_family_s_way(
     served: tuple[Family, Endpoint],
 ) -> None:
@@ -98,7 +107,7 @@ async def test_detected_token_exact_and_closed_the_family_s_way(
     result = await create_cot(endpoint, config).ainvoke({"question": QUESTION})
     seen = delta(before, counters(endpoint))
     usage = result["usage"]
-    reason, probe = exact_prompts(result, first, suffix)
+    reason, probe = prompts(result, first, suffix, config.chunk_size)
     assert (usage["reasoning_prompt_tokens"], usage["probe_prompt_tokens"]) == (reason, probe)
     assert seen["vllm:prompt_tokens"] == reason + probe  # the server's own count
     assert seen["vllm:generation_tokens"] == (usage["reasoning_tokens"]
