@@ -16,6 +16,7 @@ and the requests then ask vLLM to keep special tokens in the text it returns.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ PROBE: list[Message] = [{"role": "user", "content": "What is 1 + 1?"}]
 """The conversation rendered to learn the format."""
 
 _FORMATS: dict[tuple[str, ...], ThinkingFormat] = {}
+_PENDING: dict[tuple[str, ...], asyncio.Task[ThinkingFormat]] = {}
 
 
 def _key(endpoint: Endpoint) -> tuple[str, ...]:
@@ -221,10 +223,20 @@ def thinking_fields(endpoint: Endpoint, *, chat: bool) -> dict[str, Any]:
 
 async def detect(endpoint: Endpoint) -> ThinkingFormat:
     """The served model's thinking format, learned once per server, model, kwargs and switch
-    (cached): see the module doc."""
+    (cached): see the module doc. Programs starting together share one detection, and resume
+    in the order they asked (a scheduler's FIFO order is theirs)."""
     key = _key(endpoint)
-    if key not in _FORMATS:
-        _FORMATS[key] = await _detect(endpoint)
+    if key in _FORMATS:
+        return _FORMATS[key]
+    loop = asyncio.get_running_loop()
+    pending = _PENDING.get(key)
+    if pending is None or pending.get_loop() is not loop:
+        pending = _PENDING[key] = loop.create_task(_detect(endpoint))
+    try:  # shielded: a waiter cancelled (a scheduler's timeout) leaves it to the others
+        _FORMATS[key] = await asyncio.shield(pending)
+    finally:
+        if pending.done() and _PENDING.get(key) is pending:
+            del _PENDING[key]
     return _FORMATS[key]
 
 
