@@ -267,7 +267,7 @@ async def _marker_ids(endpoint: Endpoint, text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in payload.get("tokens") or ())
 
 
-async def _find_switch(endpoint: Endpoint, base: tuple[int, ...]) -> tuple[Switch, str]:
+async def _find_switch(endpoint: Endpoint) -> tuple[Switch, str]:
     """The first known switch whose on and off renders differ; and the off render's text
     when it closes an empty thinking block (Qwen3's ``<think>\\n\\n</think>``)."""
     for switch in SWITCHES:
@@ -332,7 +332,7 @@ async def _detect(endpoint: Endpoint) -> ThinkingFormat:
     hint = next((family for key, family in _FAMILY_HINTS if key in name), None)
     try:
         base = await _render_ids(endpoint, PROBE, endpoint.chat_template_kwargs)
-        switch, off_text = await _find_switch(endpoint, base)
+        switch, off_text = await _find_switch(endpoint)
         fmt = ThinkingFormat("plain", switch=switch)
         chat = fmt.chat(endpoint, PROBE)
         kwargs = fmt.template_kwargs(endpoint)
@@ -341,8 +341,9 @@ async def _detect(endpoint: Endpoint) -> ThinkingFormat:
         text = await _text(endpoint, ids)
     except EndpointError as exc:
         if endpoint.think_markers:
-            return ThinkingFormat("custom", *endpoint.think_markers,
-                                  note="markers from think_markers")
+            return ThinkingFormat("custom", *endpoint.think_markers, prompt_opens=True,
+                                  note="markers from think_markers; no /tokenize to read the "
+                                       "prompt: assumed opened by the prompt")
         open_, close, answer_open, answer_close = _MARKERS[hint or "think"]
         why = (f"the model's name says {hint}" if hint else
                "assumed <think>…</think> opened by the prompt (R1 style)")
