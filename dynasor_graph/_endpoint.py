@@ -58,13 +58,17 @@ class Endpoint(BaseModel):
         "unseen by LiteLLM)")
     chat_template_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Passed to the chat template, e.g. enable_thinking")
-    think_markers: tuple[str, str] = Field(
-        default=("<think>", "</think>"), description="How the model opens and closes thinking")
+    think_markers: tuple[str, str] | None = Field(
+        default=None, description="How the model opens and closes thinking; default: "
+        "detected from the server's chat template and tokenizer (dynasor_graph._thinking)")
+    thinking: bool | None = Field(
+        default=None, description="Thinking on or off, mapped to the family's own switch "
+        "(enable_thinking, thinking, reasoning_effort, /think); None: the template's default")
 
     @field_validator("think_markers")
     @classmethod
-    def _markers(cls, value: tuple[str, str]) -> tuple[str, str]:
-        if not all(marker.strip() for marker in value):
+    def _markers(cls, value: tuple[str, str] | None) -> tuple[str, str] | None:
+        if value is not None and not all(marker.strip() for marker in value):
             raise ValueError("think_markers must be two non-empty strings")
         return value
 

@@ -134,3 +134,5 @@ class MultiPathOutput(TypedDict, total=False):
     stop_reason: StopReason | None
     usage: Usage
     budget_left: int
+    thinking_format: str
+    """The thinking format the run used, and how it was found (or why it is plain)."""

@@ -32,6 +32,7 @@ from ._endpoint import Completion, Endpoint, admitted, request_tags_for, session
 from ._errors import EndpointError, EndpointUnreachable, ServerBusy, ServerRefused, body_message
 from ._http import shared_client
 from ._state import Usage
+from ._thinking import thinking_fields
 
 OnTokens = Callable[[str, int], None]
 """Called with each piece of text as it is taken, and its number of tokens."""
@@ -88,7 +89,8 @@ class LiveStream:
             "max_tokens": self.max_tokens,
             "temperature": temperature, "top_p": top_p, "stream": True,
             "stream_options": {"include_usage": True}, "return_token_ids": True,
-            "logprobs": 0, **extra, **request_tags_for(self.max_tokens)}
+            "logprobs": 0, **extra, **thinking_fields(endpoint, chat=False),
+            **request_tags_for(self.max_tokens)}
         self._headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}",
                          **session_headers()}
         self.server_usage: dict[str, Any] | None = None

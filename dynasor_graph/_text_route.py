@@ -15,6 +15,7 @@ from typing import Any
 
 from ._endpoint import Completion, Endpoint, Message, admitted, request_tags_for, session_headers
 from ._errors import EndpointError, ServerRefused, endpoint_error
+from ._thinking import known, thinking_fields
 
 
 def continuation(
@@ -50,6 +51,7 @@ async def complete(
     litellm.suppress_debug_info = True  # no "Give Feedback" banners on every failure
     turn, template_flags = continuation(messages, assistant_prefix)
     extra_body: dict[str, Any] = dict(template_flags)
+    extra_body.update(thinking_fields(endpoint, chat=True))
     if seed is not None:
         extra_body["seed"] = seed
     extra_body.update(request_tags_for(max_tokens))
@@ -115,7 +117,9 @@ def _message_text(message: Any, endpoint: Endpoint) -> str:
                 or (getattr(message, "provider_specific_fields", None) or {}).get("reasoning"))
     if not thinking:
         return str(content)
-    return f"{thinking}{endpoint.think_markers[1]}{content}" if content else str(thinking)
+    fmt = known(endpoint)  # the detected close marker (R1's where nothing was detected)
+    close = fmt.close if fmt is not None and not fmt.plain else "</think>"
+    return f"{thinking}{close}{content}" if content else str(thinking)
 
 
 def _top_logprobs(choice: Any) -> tuple[dict[str, float], ...]:

@@ -23,6 +23,7 @@ from ._endpoint import Completion, Endpoint, Message, admitted, request_tags_for
 from ._errors import ServerRefused, endpoint_error
 from ._http import openai_client, post_json
 from ._text_route import complete, field
+from ._thinking import detect, thinking_fields
 
 _NO_TOKENIZE: set[str] = set()  # servers that answered /tokenize with 404: text mode
 _TOKENIZED: dict[tuple[str, str, str], tuple[int, ...]] = {}  # (server, model, text) → ids
@@ -31,7 +32,8 @@ _TOKENIZED: dict[tuple[str, str, str], tuple[int, ...]] = {}  # (server, model, 
 async def render_chat(endpoint: Endpoint, messages: list[Message],
                       tools: Sequence[dict[str, Any]] = ()) -> list[int] | None:
     """The conversation (and an agent step's ``tools``) rendered through the server's chat
-    template (generation prompt on, ``chat_template_kwargs`` passed through) as token ids, from
+    template (generation prompt on, the detected thinking switch and ``chat_template_kwargs``
+    passed through) as token ids, from
     vLLM's ``/tokenize``; ``None`` in text mode (``continuation="text"``, or ``auto`` and the
     server has no ``/tokenize``)."""
     if endpoint.continuation == "text" or (
@@ -41,8 +43,9 @@ async def render_chat(endpoint: Endpoint, messages: list[Message],
                             "add_generation_prompt": True}
     if tools:
         body["tools"] = list(tools)
-    if endpoint.chat_template_kwargs:
-        body["chat_template_kwargs"] = endpoint.chat_template_kwargs
+    kwargs = (await detect(endpoint)).template_kwargs(endpoint)  # the thinking switch too
+    if kwargs:
+        body["chat_template_kwargs"] = kwargs
     try:
         payload = await post_json(endpoint, "/tokenize", body, admit=False)
     except ServerRefused as exc:
@@ -84,6 +87,7 @@ def completion_request(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens:
     ``logprobs=0`` (the generated ids, their text offsets and their logprobs)."""
     # Fields LiteLLM's text route does not map ride in extra_body, the same on both clients.
     extra_body: dict[str, Any] = {"return_token_ids": True, "logprobs": 0,
+                                  **thinking_fields(endpoint, chat=False),
                                   **request_tags_for(max_tokens)}
     if seed is not None:
         extra_body["seed"] = seed

@@ -27,6 +27,7 @@ from ._state import (
     merge_by_id,
     sum_usage,
 )
+from ._thinking import detect
 from ._token_route import extend, render_chat
 from .certaindex import answer_entropy, combine, reward_certaindex, weighted_majority
 from .rewards import RewardModel
@@ -120,8 +121,10 @@ def new_node(node_id: int, parent: TreeNode | None, text: str = "") -> TreeNode:
 async def start(state: TreeState, endpoint: Endpoint, config: TreeConfig) -> dict[str, Any]:
     """The state of a fresh search: the chat (rendered once), a root node, zero usage, the
     whole budget."""
-    chat = chat_messages(state, config.system_prompt)
+    fmt = await detect(endpoint)
+    chat = fmt.chat(endpoint, chat_messages(state, config.system_prompt))
     return {"chat": chat, "prompt_ids": await render_chat(endpoint, chat),
+            "thinking_format": fmt.describe(),
             "nodes": [new_node(0, None)],
             "usage": empty_usage(), "certaindex": 0.0, "decision": "continue",
             "stop_reason": None, "answer": "", "budget_left": config.token_budget,
@@ -198,7 +201,8 @@ def expand_node(endpoint: Endpoint, config: TreeConfig) -> Any:
         node["token_ids"] = list(step.token_ids)
         if step.finish_reason != "length" or node["depth"] >= config.max_depth:
             node["terminal"] = True
-            node["answer"] = final_answer(task["prefix"] + step.text)
+            fmt = await detect(endpoint)  # the answer from the family's answer section
+            node["answer"] = final_answer(fmt.answer(task["prefix"] + step.text))
         node["usage"]["reasoning_tokens"] = step.completion_tokens
         node["usage"]["reasoning_prompt_tokens"] = step.prompt_tokens
         return {"nodes": [node]}

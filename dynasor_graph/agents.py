@@ -78,6 +78,7 @@ from pydantic import Field
 from ._endpoint import Endpoint
 from ._http import post_json
 from ._probe import ProbeConfig, ask_probe, emit_probe_event
+from ._thinking import detect
 from ._token_route import render_chat, token_ids, tokenize
 from .certaindex import Decision, StopReason, probe_agreement, route_on
 
@@ -288,12 +289,13 @@ async def _probe_tokens(endpoint: Endpoint, prompt_ids: Sequence[int], thinking:
     stays inside the thinking. Not cached: every step's thinking is new."""
     if not prefix:
         return []
-    opener = endpoint.think_markers[0]
-    if thinking:
-        marker = await tokenize(endpoint, opener)
+    fmt = await detect(endpoint)
+    if thinking and not fmt.plain:
+        marker = fmt.open_ids or await tokenize(endpoint, fmt.open)
         tail = list(prompt_ids[-(len(marker) + 4):])
         opened = any(tail[i:i + len(marker)] == list(marker) for i in range(len(tail)))
-        prefix = prefix if opened else f"{opener}\n{prefix}"
+        gap = "" if fmt.family in ("harmony", "mistral") else "\n"
+        prefix = prefix if opened else f"{fmt.open}{gap}{prefix}"
     payload = await post_json(endpoint, "/tokenize", {
         "model": endpoint.served_name, "prompt": prefix, "add_special_tokens": False},
         admit=False)

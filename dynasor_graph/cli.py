@@ -161,7 +161,11 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help='passed to the chat template, e.g. \'{"enable_thinking": true}\'')
     parser.add_argument("--think-markers", nargs=2, metavar=("OPEN", "CLOSE"),
                         help="how the model opens and closes its thinking "
-                        "(default <think> </think>)")
+                        "(default: detected from the server's chat template and tokenizer)")
+    parser.add_argument("--thinking", choices=["on", "off"],
+                        help="thinking on or off, mapped to the model family's own switch "
+                        "(enable_thinking, thinking, reasoning_effort, /think); default: the "
+                        "chat template's")
     parser.add_argument("--continuation", choices=["auto", "tokens", "text"],
                         help="tokens: token-exact via /tokenize and /v1/completions; text: chat "
                         "continuation; auto (default): tokens where the server has /tokenize")
@@ -178,7 +182,8 @@ def _endpoint_options(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(kwargs, dict):
             raise ValueError("--chat-template-kwargs must be a JSON object")
     return {"chat_template_kwargs": kwargs, "continuation": args.continuation,
-            "think_markers": tuple(args.think_markers) if args.think_markers else None}
+            "think_markers": tuple(args.think_markers) if args.think_markers else None,
+            "thinking": None if args.thinking is None else args.thinking == "on"}
 
 
 def _config(args: argparse.Namespace) -> BaseModel:
@@ -239,6 +244,7 @@ def _as_json(result: dict[str, Any]) -> dict[str, Any]:
         "decision": result.get("decision"),
         "stop_reason": result.get("stop_reason"),
         "usage": result.get("usage"),
+        "thinking_format": result.get("thinking_format", ""),
     }
     usage = result.get("usage")
     if usage:  # what the model spent thinking and, after it closed its thinking, answering

@@ -26,7 +26,7 @@ import math
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, Protocol, TypedDict, cast
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
@@ -45,6 +45,7 @@ from ._probe import (
 )
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
 from ._stream import LiveStream, discard_stream, forget, live_stream, resubmit, stream_key
+from ._thinking import ThinkingFormat, detect
 from ._token_route import extend, render_chat
 from .certaindex import Decision, StopReason, cot_certaindex, route_on
 
@@ -144,6 +145,8 @@ class CoTOutput(TypedDict, total=False):
     stop_reason: StopReason | None
     probes: list[Probe]
     usage: Usage
+    thinking_format: str
+    """The thinking format the run used, and how it was found (or why it is plain)."""
 
 
 class CoTState(CoTInput, CoTOutput, total=False):
@@ -193,27 +196,27 @@ def path_confidence(state: CoTState) -> float | None:
     return math.exp(state.get("logprob_sum", 0.0) / count) if count else None
 
 
-def thinking_closed(text: str, endpoint: Endpoint) -> bool:
-    """True once the model has closed its thinking (its close marker is in ``text``)."""
-    return endpoint.think_markers[1] in text
+def thinking_closed(text: str, fmt: ThinkingFormat, ids: list[int] | None = None) -> bool:
+    """True once the model has closed its thinking (the family's close marker: on ``ids`` in
+    token mode when it is a special token, else in ``text``)."""
+    return fmt.closed(text, ids)
 
 
-def after_thinking(text: str, endpoint: Endpoint) -> str:
-    """What follows the model's close-thinking marker: its answer (all of ``text`` if none)."""
-    return text.split(endpoint.think_markers[1], 1)[-1]
+def after_thinking(text: str, fmt: ThinkingFormat) -> str:
+    """The family's answer section of ``text`` (all of it if the thinking never closed)."""
+    return fmt.answer(text)
 
 
-def answer_tokens(before: str, chunk: Completion, endpoint: Endpoint) -> int:
+def answer_tokens(before: str, chunk: Completion, fmt: ThinkingFormat,
+                  before_ids: list[int] | None = None) -> int:
     """Tokens of ``chunk`` generated after the model closed its thinking: all of them if it
     had already, those after the marker if the marker ends in this chunk, else none."""
-    marker = endpoint.think_markers[1]
-    if marker in before:
-        return chunk.completion_tokens
-    text = before + chunk.text
-    if marker not in text:
-        return 0
-    end = text.index(marker) + len(marker) - len(before)  # where the marker ends in the chunk
-    return chunk.completion_tokens - chunk.tokens_before(end)
+    return fmt.answer_tokens(before, before_ids, chunk)
+
+
+def _ids(state: CoTState) -> list[int] | None:
+    """The program's generated ids in token mode (``None`` in text mode)."""
+    return state.get("token_ids", []) if state.get("prompt_ids") is not None else None
 
 
 def token_cap(state: CoTState, config: CoTConfig) -> int:
@@ -227,10 +230,12 @@ def prepare_node(endpoint: Endpoint, config: CoTConfig) -> Node:
     template (token-exact mode), empty reasoning, zero usage."""
 
     async def prepare(state: CoTState) -> dict[str, Any]:
-        chat = chat_messages(state, config.system_prompt)
+        fmt = await detect(endpoint)
+        chat = fmt.chat(endpoint, chat_messages(state, config.system_prompt))
         prompt_ids = await render_chat(endpoint, chat)
         return {"chat": chat, "prompt_ids": prompt_ids, **fresh_path(),
-                "session_id": state.get("session_id") or uuid.uuid4().hex}
+                "session_id": state.get("session_id") or uuid.uuid4().hex,
+                "thinking_format": fmt.describe()}
 
     return prepare
 
@@ -255,7 +260,8 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         reasoning = state["reasoning"]
         usage["reasoning_tokens"] += chunk.completion_tokens
         usage["reasoning_prompt_tokens"] += chunk.prompt_tokens
-        usage["answer_tokens"] += answer_tokens(reasoning, chunk, endpoint)
+        fmt = await detect(endpoint)
+        usage["answer_tokens"] += answer_tokens(reasoning, chunk, fmt, _ids(state))
         reasoning += chunk.text
         update: dict[str, Any] = {"reasoning": reasoning, "usage": usage,
                                   "token_ids": [*state.get("token_ids", []), *chunk.token_ids],
@@ -264,7 +270,7 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
             update["logprob_sum"] = state.get("logprob_sum", 0.0) + sum(chunk.token_logprobs)
             update["logprob_tokens"] = state.get("logprob_tokens", 0) + len(chunk.token_logprobs)
         if chunk.finish_reason != "length":  # the model ended its turn by itself
-            closed = thinking_closed(reasoning, endpoint)
+            closed = thinking_closed(reasoning, fmt, _ids(cast(CoTState, {**state, **update})))
             update.update(decision="exit", stop_reason="answered" if closed else "finished")
         return update
 
@@ -317,7 +323,7 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
     async def probe(state: CoTState) -> dict[str, Any]:
         usage = state["usage"].copy()
         spent = usage["reasoning_tokens"] >= config.max_tokens
-        if thinking_closed(state["reasoning"], endpoint):
+        if thinking_closed(state["reasoning"], await detect(endpoint), _ids(state)):
             # The model closed its thinking and is writing its answer: nothing left to probe.
             decision, stop_reason = route_on(0.0, stops=[("budget", spent)])
             return {"decision": decision, "stop_reason": stop_reason}
@@ -361,19 +367,19 @@ def finish_node(endpoint: Endpoint) -> Node:
     thinking, so the response reads as the model's would."""
 
     async def finish(state: CoTState) -> dict[str, Any]:
-        reasoning = state["reasoning"]
+        reasoning, fmt = state["reasoning"], await detect(endpoint)
         usage = await discard_stream(state, state["usage"])  # overlapped: close what still runs
         ended = {"usage": usage} if usage is not state["usage"] else {}
         if state.get("stop_reason") in ("finished", "answered") or thinking_closed(
-                reasoning, endpoint):  # finished, or cut short while answering
-            answer = final_answer(after_thinking(reasoning, endpoint))
+                reasoning, fmt, _ids(state)):  # finished, or cut short while answering
+            answer = final_answer(after_thinking(reasoning, fmt))
             return {"answer": answer, "response": reasoning, "decision": "exit", **ended}
         probes = state["probes"]
         answer = probes[-1]["answer"] if probes else ""
         response = reasoning
-        if answer:
-            closing = f"\n\n{endpoint.think_markers[1]}\n\n"
-            response = f"{reasoning}{closing}{FINAL_ANSWER_HEADER}{answer}}} \\]"
+        if answer:  # closed the family's way (its close marker, its answer section)
+            before, after = fmt.closing(reasoning, _ids(state))
+            response = f"{reasoning}{before}{FINAL_ANSWER_HEADER}{answer}}} \\]{after}"
         return {"answer": answer, "response": response, "decision": "exit", **ended}
 
     return finish

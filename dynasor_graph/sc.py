@@ -45,6 +45,7 @@ from ._state import (
     sum_usage,
 )
 from ._stream import discard_stream
+from ._thinking import detect
 from ._token_route import render_chat
 from .certaindex import answer_entropy, route_on, weighted_answer_entropy
 from .cot import (
@@ -178,7 +179,8 @@ def create_sc(
     finish = finish_node(endpoint)
 
     async def prepare(state: SCState) -> dict[str, Any]:
-        chat = chat_messages(state, config.path.system_prompt)
+        fmt = await detect(endpoint)
+        chat = fmt.chat(endpoint, chat_messages(state, config.path.system_prompt))
         paths = _allocate([_new_path(i, config.path) for i in range(config.width)], config)
         # Rendered once: every path continues the same prompt, so the cache shares it too.
         prompt_ids = await render_chat(endpoint, chat)
@@ -186,7 +188,7 @@ def create_sc(
                 "session_id": state.get("session_id") or uuid.uuid4().hex,
                 "usage": empty_usage(), "certaindex": 0.0,
                 "decision": "continue", "stop_reason": None, "answer": "",
-                "budget_left": config.token_budget}
+                "budget_left": config.token_budget, "thinking_format": fmt.describe()}
 
     async def step(state: PathTask) -> dict[str, Any]:
         path = state["path"]

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from scripted_server import ScriptedServer
 
 from dynasor_graph import Endpoint
+from dynasor_graph._thinking import PROBE
 from dynasor_graph.agents import DEFAULT_AGENT_PROBE_SUFFIX, EarlyStopConfig
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
@@ -359,6 +360,8 @@ class TokenAgentServer:
     def render(self, body: dict[str, Any]) -> str:
         text = "".join(f"<|{m['role']}|> {m.get('content') or ''} " for m in body["messages"])
         text += f"<|tools|> {json.dumps(body.get('tools'))} <|assistant|> "
+        if (body.get("chat_template_kwargs") or {}).get("enable_thinking") is False:
+            return text + "<think>\n\n</think>\n\n"  # as Qwen3's template switches it off
         return text + ("<think>\n" if self.opener else "")
 
     def reply(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -366,6 +369,8 @@ class TokenAgentServer:
         if path == "/tokenize":
             return {"tokens": self.ids(self.render(body) if "messages" in body
                                        else body["prompt"])}
+        if path == "/detokenize":
+            return {"prompt": "".join(self.vocab[i] for i in body["tokens"])}
         if path.endswith("/chat/completions"):
             return self.script.reply(body)[1]
         text = self.script.probes[0]
@@ -426,7 +431,8 @@ async def test_token_mode_probe_extends_the_step_rendered_prompt_inside_the_thin
                     + state.ids(DEFAULT_AGENT_PROBE_SUFFIX))
         assert probe["prompt"] == [expected]
         assert "</think>" not in "".join(state.vocab[i] for i in probe["prompt"][0])
-    renders = [r["body"] for r in state.requests
-               if r["path"] == "/tokenize" and "messages" in r["body"]]
+    renders = [r["body"] for r in state.requests  # without the thinking format's detection
+               if r["path"] == "/tokenize" and "messages" in r["body"]
+               and r["body"]["messages"][-1] != PROBE[-1]]
     assert [(r["messages"], r["tools"]) for r in renders] == [
         (s["messages"], s["tools"]) for s in steps]

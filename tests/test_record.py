@@ -93,7 +93,8 @@ def test_record_writes_exactly_the_expected_trace(
         ],
         "settings": {
             "model": "hosted_vllm/scripted", "api_base": scripted.api_base,
-            "chat_template_kwargs": {}, "think_markers": ["<think>", "</think>"], "chunk_size": 4,
+            "chat_template_kwargs": {}, "thinking": None,
+            "think_markers": ["<think>", "</think>"], "chunk_size": 4,
             "max_tokens": 10, "seed": None, "temperature": 0.6, "top_p": 0.95,
             "probe_suffix": scripted.script.probe_suffix, "probe_max_tokens": 20,
             "probe_temperature": 0.6, "probe_top_p": 0.95,
@@ -105,7 +106,11 @@ def test_record_writes_exactly_the_expected_trace(
         "reasoning": "".join(f"r{i} " for i in range(10)),
     }
     lines = out.read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line) for line in lines] == [expected]
+    traces = [json.loads(line) for line in lines]
+    # the text-only scripted server has no /tokenize: the format is assumed, and said so
+    note = traces[0]["settings"].pop("thinking_format")
+    assert note.startswith("think: '<think>'…'</think>'") and "not detected" in note
+    assert traces == [expected]
     # the counts are the server's usage, request by request
     log = scripted.script.log
     assert expected["reasoning_prompt_tokens"] == scripted.script.total("reason", "prompt_tokens")

@@ -86,6 +86,8 @@ def token_server() -> Iterator[tuple[Endpoint, TokenScript]]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path == "/tokenize":
                 payload: dict[str, Any] = {"tokens": script.tokenize(body)}
+            elif self.path == "/detokenize":
+                payload = {"prompt": "".join(script.vocab[i] for i in body["tokens"])}
             else:
                 payload = script.complete(body)
             data = json.dumps(payload).encode()

@@ -120,3 +120,27 @@ async def test_record_probes_are_token_exact(templated: Endpoint) -> None:
     assert trace.probes
     assert [p.prompt_tokens for p in trace.probes] == [
         first + p.tokens + suffix for p in trace.probes]
+
+
+async def test_detection_reads_the_template(templated: Endpoint) -> None:
+    from dynasor_graph._thinking import detect
+
+    fmt = await detect(templated)
+    r1 = _is_r1(templated)
+    assert (fmt.family, fmt.open, fmt.close, fmt.special) == ("think", "<think>", "</think>",
+                                                              False)
+    assert fmt.prompt_opens == r1  # R1-Distill's prompt opens <think>; Qwen3's model does
+    assert fmt.switch.name == ("" if r1 else "enable_thinking")
+    assert fmt.close_ids == tuple(httpx.post(templated.server_root + "/tokenize", timeout=30,
+                                             json={"model": templated.served_name,
+                                                   "prompt": "</think>",
+                                                   "add_special_tokens": False}).json()["tokens"])
+
+
+def _is_r1(endpoint: Endpoint) -> bool:
+    body = {"model": endpoint.served_name, "add_generation_prompt": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    ids = httpx.post(endpoint.server_root + "/tokenize", json=body, timeout=30).json()["tokens"]
+    text = httpx.post(endpoint.server_root + "/detokenize", timeout=30, json={
+        "model": endpoint.served_name, "tokens": ids}).json()["prompt"]
+    return "<|im_start|>assistant" not in text  # R1-Distill has its own role tokens

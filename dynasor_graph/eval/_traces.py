@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .._answers import equivalent
 from .._endpoint import Endpoint
 from .._errors import DataFormatError
+from .._thinking import known
 from ..cot import CoTConfig, create_cot
 from ._datasets import Problem
 from ._report import progress_bar, run_workers, running_postfix
@@ -33,9 +34,9 @@ from ._report import progress_bar, run_workers, running_postfix
 # Settings that change what a trace means; api_base and seed may differ between resumed runs.
 _COMPARED_SETTINGS = ("model", "chunk_size", "max_tokens", "temperature", "top_p",
                       "probe_suffix", "probe_max_tokens", "probe_temperature", "probe_top_p",
-                      "hesitation_words", "system_prompt", "chat_template_kwargs")
+                      "hesitation_words", "system_prompt", "chat_template_kwargs", "thinking")
 # What a trace recorded before a setting existed: the setting's default.
-_DEFAULTS: dict[str, Any] = {"chat_template_kwargs": {}}
+_DEFAULTS: dict[str, Any] = {"chat_template_kwargs": {}, "thinking": None}
 
 
 class TraceProbe(BaseModel):
@@ -163,9 +164,12 @@ async def record_trace(endpoint: Endpoint, problem: Problem, config: CoTConfig,
 def _settings(endpoint: Endpoint, config: CoTConfig) -> dict[str, Any]:
     values = config.model_dump(exclude={"certainty_threshold"})
     values["hesitation_words"] = list(config.hesitation_words)
+    fmt = known(endpoint)  # detected by the run (dynasor_graph._thinking)
+    markers = [fmt.open, fmt.close] if fmt is not None and not fmt.plain else None
     return {"model": endpoint.model, "api_base": endpoint.api_base,
             "chat_template_kwargs": endpoint.chat_template_kwargs,
-            "think_markers": list(endpoint.think_markers), **values}
+            "thinking": endpoint.thinking, "think_markers": markers,
+            "thinking_format": fmt.describe() if fmt is not None else "", **values}
 
 
 def sample_config(config: CoTConfig, sample: int) -> CoTConfig:

@@ -50,24 +50,38 @@ from ._server import (
 
 THINK_VARIANT_DIR_NAME = f"{MODEL_DIR_NAME}-think"
 THINK_TOKENS = ("<think>", "</think>")
+SPECIAL_VARIANT_DIR_NAME = f"{MODEL_DIR_NAME}-special"
+SPECIAL_TOKENS = ("[THINK]", "[/THINK]", "<|start|>", "<|end|>", "<|message|>", "<|channel|>",
+                  "<|return|>", "<|constrain|>", "<|call|>")
+"""Mistral's and harmony's (gpt-oss) thinking markers, as special tokens in their published
+tokenizers: what the special variant adds."""
+SPECIAL_CLOSERS = ("[/THINK]", "<|end|>")
+"""The special variant's tokens whose rows copy the end-of-turn token's (see the module doc)."""
 
 _STALE_TMP_S = 3600.0
 _BUILD_TIMEOUT_S = 900.0
 
 
-def _build_think_variant(src: Path, out: Path) -> dict[str, int]:
-    """Write ``out`` = ``src`` + the two think tokens; return their ids (runs in a child)."""
+def _build_think_variant(src: Path, out: Path, special: bool = False) -> dict[str, int]:
+    """Write ``out`` = ``src`` + the two think tokens (or, ``special``, the
+    :data:`SPECIAL_TOKENS` as special tokens); return their ids (runs in a child)."""
     import torch
     from tokenizers import AddedToken
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
     old_size = len(tokenizer)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+    added = SPECIAL_TOKENS if special else THINK_TOKENS
+    closers = SPECIAL_CLOSERS if special else ("</think>",)
+    if special:  # listed as special: vLLM drops them from returned text by default
+        tokenizer.add_special_tokens({"additional_special_tokens": [
+            AddedToken(t, special=True, normalized=False) for t in added]})
+    else:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     lookup: Any = tokenizer.convert_tokens_to_ids
-    ids = {t: int(lookup(t)) for t in THINK_TOKENS}
-    if sorted(ids.values()) != [old_size, old_size + 1]:
-        raise RuntimeError(f"the think tokens did not get new ids: {ids}")
+    ids = {t: int(lookup(t)) for t in added}
+    if sorted(ids.values()) != list(range(old_size, old_size + len(added))):
+        raise RuntimeError(f"the added tokens did not get new ids: {ids}")
     close_like = tokenizer.eos_token_id  # the row </think> copies: the end of a turn
     if not isinstance(close_like, int):
         raise RuntimeError("the tokenizer has no end-of-turn token")
@@ -79,8 +93,9 @@ def _build_think_variant(src: Path, out: Path) -> dict[str, int]:
         tables.append(output.weight)
     with torch.no_grad():
         for rows in tables:
-            rows[ids["<think>"]] = rows[:old_size].mean(dim=0)
-            rows[ids["</think>"]] = rows[close_like]
+            mean = rows[:old_size].mean(dim=0)
+            for token, index in ids.items():
+                rows[index] = rows[close_like] if token in closers else mean
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     template = src / "chat_template.jinja"
@@ -91,8 +106,9 @@ def _build_think_variant(src: Path, out: Path) -> dict[str, int]:
 
 
 def _build_main() -> None:
-    """Child-process entry point: ``_build_think_variant(argv[1], argv[2])``."""
-    _build_think_variant(Path(sys.argv[1]), Path(sys.argv[2]))
+    """Child-process entry point: ``_build_think_variant(argv[1], argv[2], special?)``."""
+    _build_think_variant(Path(sys.argv[1]), Path(sys.argv[2]),
+                         len(sys.argv) > 3 and sys.argv[3] == "special")
 
 
 def think_token_ids(folder: Path) -> dict[str, int]:
@@ -105,7 +121,19 @@ def ensure_think_variant() -> Path:
     """The think-token variant of SmolLM2 under :func:`cache_dir`, next to the converted model
     (converted first if needed), built once. A plumbing stand-in for tests of vLLM's reasoning
     parser, not a reasoning model: see the module doc."""
-    target = cache_dir() / THINK_VARIANT_DIR_NAME
+    return _ensure_variant(THINK_VARIANT_DIR_NAME, special=False)
+
+
+def ensure_special_variant() -> Path:
+    """The special-token variant of SmolLM2: Mistral's ``[THINK]`` / ``[/THINK]`` and harmony's
+    ``<|start|>``, ``<|channel|>``, ``<|message|>``, ``<|end|>`` … added as *special* tokens
+    (as in those families' tokenizers), so vLLM drops them from the text it returns unless a
+    request asks ``skip_special_tokens=False``. Built once, as :func:`ensure_think_variant`."""
+    return _ensure_variant(SPECIAL_VARIANT_DIR_NAME, special=True)
+
+
+def _ensure_variant(name: str, *, special: bool) -> Path:
+    target = cache_dir() / name
     if (target / _MARKER).is_file():
         return target
     source = ensure_model()
@@ -113,16 +141,16 @@ def ensure_think_variant() -> Path:
         _require(module, _INSTALL_LOCAL)
     parent = target.parent
     now = time.time()
-    for stale in parent.glob(f".{THINK_VARIANT_DIR_NAME}.tmp-*"):
+    for stale in parent.glob(f".{name}.tmp-*"):
         with contextlib.suppress(OSError):
             if now - stale.stat().st_mtime > _STALE_TMP_S:
                 shutil.rmtree(stale, ignore_errors=True)
     if target.exists():
         shutil.rmtree(target)  # no marker: not a finished build of ours
-    tmp = Path(tempfile.mkdtemp(prefix=f".{THINK_VARIANT_DIR_NAME}.tmp-", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent))
     try:
         tmp.chmod(0o755)
-        _run_build(source, tmp)
+        _run_build(source, tmp, special)
         if not any(tmp.glob("*.safetensors")) or not (tmp / "think_tokens.json").is_file():
             raise LocalServerError(f"building the think variant wrote no model into {tmp}")
         (tmp / _MARKER).write_text(f"think variant of {source.name}\n", encoding="utf-8")
@@ -136,6 +164,7 @@ def ensure_think_variant() -> Path:
     return target
 
 
-def _run_build(source: Path, out: Path) -> None:
-    run_offline("dynasor_graph.local._variants:_build_main", [str(source), str(out)],
+def _run_build(source: Path, out: Path, special: bool = False) -> None:
+    run_offline("dynasor_graph.local._variants:_build_main",
+                [str(source), str(out), "special" if special else "plain"],
                 timeout_s=_BUILD_TIMEOUT_S, what=f"building the think variant of {source.name}")
