@@ -101,6 +101,7 @@ def test_record_writes_exactly_the_expected_trace(
             "hesitation_words": ["wait", "hold", "but", "okay", "no", "hmm"],
             "system_prompt": None, "probe_at": "chunks", "min_probe_confidence": None,
             "transition_markers": ["Wait", "Alternatively", "\n\n"],
+            "probing": "sequential", "resubmit_every": None,
         },
         "question": QUESTION,
         "reasoning": "".join(f"r{i} " for i in range(10)),
