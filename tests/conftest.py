@@ -1,4 +1,5 @@
-"""Fixtures: the scripted loopback server, and the real local vLLM (once per session)."""
+"""Fixtures and helpers shared by the tests: the scripted loopback server (on either route),
+the real local vLLM (once per session), and small helpers the test files import from here."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 import pytest
 
@@ -17,6 +21,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from scripted_server import SERVED_NAME, Script, ScriptedServer
 
 from dynasor_graph import Endpoint
+
+M = TypeVar("M", bound=BaseModel)
+
+# The routes a model call can take: (continuation, client). The client only matters on the
+# token route; the text route always goes through litellm.acompletion.
+ROUTES = [("text", "litellm"), ("tokens", "litellm"), ("tokens", "openai")]
+ROUTE_IDS = [f"{continuation}-{client}" for continuation, client in ROUTES]
+
+
+def with_fields(model: M, **changes: Any) -> M:
+    """A copy of a pydantic model with ``changes``, validated again (``model_copy(update=)``
+    would skip validation). A ``SecretStr`` survives: ``model_dump`` keeps the object."""
+    return type(model).model_validate({**model.model_dump(), **changes})
+
+
+def authorizations(requests: list[dict[str, Any]]) -> set[str | None]:
+    """The ``Authorization`` headers the logged requests of a scripted server carried."""
+    return {r["headers"].get("authorization") for r in requests}
 
 
 @pytest.fixture
@@ -31,6 +53,15 @@ def scripted_endpoint(scripted: ScriptedServer) -> Endpoint:
     """The scripted server speaks chat completions only: text-mode continuation."""
     return Endpoint(model=f"hosted_vllm/{SERVED_NAME}", api_base=scripted.api_base,
                     timeout_s=10, max_retries=2, continuation="text")
+
+
+@pytest.fixture(params=ROUTES, ids=ROUTE_IDS)
+def route_endpoint(request: pytest.FixtureRequest, scripted: ScriptedServer) -> Endpoint:
+    """The scripted server on each route in turn (:data:`ROUTES`): for behaviour both routes
+    share (retries, refusals, usage, the key on the wire)."""
+    continuation, client = request.param
+    return Endpoint(model=f"hosted_vllm/{SERVED_NAME}", api_base=scripted.api_base,
+                    timeout_s=10, max_retries=2, continuation=continuation, client=client)
 
 
 @pytest.fixture(scope="session")
