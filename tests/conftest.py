@@ -3,6 +3,7 @@ the real local vLLM (once per session), and small helpers the test files import 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,15 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
-
+import httpx
 import pytest
+from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from scripted_server import SERVED_NAME, Script, ScriptedServer
 
-from dynasor_graph import Endpoint
+from dynasor_graph import CoTConfig, Endpoint, Scheduler, create_cot
+from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
+from dynasor_graph.scheduler import ProgramResult
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,6 +37,73 @@ def with_fields(model: M, **changes: Any) -> M:
     """A copy of a pydantic model with ``changes``, validated again (``model_copy(update=)``
     would skip validation). A ``SecretStr`` survives: ``model_dump`` keeps the object."""
     return type(model).model_validate({**model.model_dump(), **changes})
+
+
+def counters(endpoint: Endpoint) -> dict[str, float]:
+    """The server's token, prefix-cache and request counters (the library's one ``/metrics``
+    reader, :func:`dynasor_graph.eval._metrics.server_counters`)."""
+    from dynasor_graph.eval._metrics import server_counters
+
+    return server_counters(endpoint.server_root)
+
+
+QUESTION = "Tom has 3 boxes with 4 apples in each box. How many apples does Tom have?"
+"""The question the real-vLLM tests ask."""
+
+
+def spent(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """Generation and prompt tokens the server counted between two :func:`counters`."""
+    return (after["vllm:generation_tokens"] - before["vllm:generation_tokens"],
+            after["vllm:prompt_tokens"] - before["vllm:prompt_tokens"])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m dynasor_graph ARGS`` in a subprocess, without the caller's ``DYNASOR_*``."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASOR_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "dynasor_graph", *args], capture_output=True,
+                          text=True, timeout=120, env=full_env)
+
+
+async def run_all(scheduler: Scheduler, endpoint: Endpoint, config: CoTConfig,
+                  questions: list[str]) -> dict[str, ProgramResult]:
+    """One Dynasor-CoT program per question through ``scheduler``, concurrently; by id."""
+    graph = create_cot(endpoint, config)
+    results = await asyncio.gather(*(scheduler.run(graph, {"question": q}, program_id=q)
+                                     for q in questions))
+    return {r.program_id: r for r in results}
+
+
+def assert_usage_matches(result: dict[str, Any], script: Script) -> None:
+    """A run's ``usage`` is exactly what the scripted server answered (no reward model)."""
+    assert result["usage"] == script.usage()
+
+
+def rendered_length(endpoint: Endpoint, question: str = QUESTION) -> int:
+    """The question's rendered first prompt, in tokens, from the server's ``/tokenize``."""
+    body = {"model": endpoint.served_name, "add_generation_prompt": True,
+            "messages": [{"role": "user", "content": question}]}
+    return len(httpx.post(endpoint.server_root + "/tokenize", json=body, timeout=30)
+               .json()["tokens"])
+
+
+def suffix_length(endpoint: Endpoint) -> int:
+    """The default probe suffix, in tokens, from the server's ``/tokenize``."""
+    body = {"model": endpoint.served_name, "prompt": DEFAULT_PROBE_SUFFIX,
+            "add_special_tokens": False}
+    return len(httpx.post(endpoint.server_root + "/tokenize", json=body, timeout=30)
+               .json()["tokens"])
+
+
+def exact_prompts(path: dict[str, Any], first: int, suffix: int) -> tuple[int, int]:
+    """The prompt tokens a token-exact path sends: reason chunk k starts where probe k-1 was
+    taken; probe j sends the first prompt, the reasoning so far and the suffix."""
+    probes = [p["tokens"] for p in path["probes"]]
+    chunk_starts = [0, *probes] if path["stop_reason"] in ("finished", "answered") else [
+        0, *probes[:-1]]
+    reason = sum(first + start for start in chunk_starts)
+    probe = sum(first + tokens + suffix for tokens in probes)
+    return reason, probe
 
 
 def authorizations(requests: list[dict[str, Any]]) -> set[str | None]:

@@ -207,10 +207,14 @@ class ScriptedServer:
     without vLLM's token API does).
     """
 
-    def __init__(self, script: Any = None, port: int = 0, *, token_api: bool = True) -> None:
+    def __init__(self, script: Any = None, port: int = 0, *, token_api: bool = True,
+                 serialize: bool = False) -> None:
         self.script = script or Script()
         self.vocab = VOCABULARY
         self.token_api = token_api
+        # serialize: one script reply at a time (a script that is not thread-safe under load);
+        # off by default, so a script can observe how many requests are in flight
+        self._reply_lock: threading.Lock | None = threading.Lock() if serialize else None
         # Every POST as it arrived, whatever the script answered: ``path``, ``headers`` (keys
         # lower-cased) and the JSON ``body``. Security tests read it: a key must arrive here.
         self.requests: list[dict[str, Any]] = []
@@ -232,6 +236,8 @@ class ScriptedServer:
                 if self.path.rstrip("/").endswith("/models"):
                     self._send(200, {"object": "list", "data": [{"id": SERVED_NAME,
                                                                  "object": "model"}]})
+                elif self.path.rstrip("/") == "/health":
+                    self._send(200, {})
                 else:
                     self._send(404, {"message": "not found"})
 
@@ -252,7 +258,7 @@ class ScriptedServer:
                     self.close_connection = True  # no status line: the client sees a drop
                     return
                 if path.endswith("/chat/completions"):
-                    self._send(*outer.script.reply(body))
+                    self._send(*outer.reply(body))
                 elif outer.token_api and path == "/tokenize":
                     self._send(200, outer.tokenize(body))
                 elif outer.token_api and path.endswith("/v1/completions"):
@@ -265,6 +271,13 @@ class ScriptedServer:
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The script's answer to one chat request (one at a time if ``serialize``)."""
+        if self._reply_lock is None:
+            return self.script.reply(body)  # type: ignore[no-any-return]
+        with self._reply_lock:
+            return self.script.reply(body)  # type: ignore[no-any-return]
 
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         """vLLM's ``/tokenize``: chat ``messages`` (and ``tools``) through :func:`render`, or
@@ -299,7 +312,7 @@ class ScriptedServer:
                 if key not in ("prompt", "logprobs", "return_token_ids", "echo")}
         chat.update(messages=messages, continue_final_message=open_turn,
                     add_generation_prompt=not open_turn)
-        status, payload = self.script.reply(chat)
+        status, payload = self.reply(chat)
         if status != 200:
             return status, payload
         choice = payload["choices"][0]
@@ -346,3 +359,26 @@ class ScriptedServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+class Worker(ScriptedServer):
+    """A vLLM replica stand-in behind the router: chat completions only (``/tokenize`` is
+    404, so ``continuation="auto"`` takes the text route), ``/health``, every probe answering
+    ``5}``, replies one at a time; ``sessions`` lists each chat request's ``X-Session-ID``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(Script(probes=["5}"] * 1000), token_api=False, serialize=True)
+        self.name = name
+
+    @property
+    def url(self) -> str:
+        """The replica's root URL (no ``/v1``), as the router is given it."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def sessions(self) -> list[str | None]:
+        return [r["headers"].get("x-session-id") for r in self.requests_to("/chat/completions")]
+
+    def __enter__(self) -> Worker:
+        super().__enter__()
+        return self

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import with_fields
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from pydantic import ValidationError
-from scripted_server import ScriptedServer
+from scripted_server import ScriptedServer, tokens
 
 from dynasor_graph import Endpoint
 from dynasor_graph.agents import DEFAULT_AGENT_PROBE_SUFFIX, EarlyStopConfig
@@ -30,10 +31,6 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 from agent import SYSTEM_PROMPT, build_agent, build_graph, evaluate, search_docs
 
 Turn = str | list[tuple[str, dict[str, Any]]]  # a final answer, or tool calls (name, args)
-
-
-def tokens(text: str) -> list[str]:
-    return re.findall(r"\S+\s*|\s+", text)
 
 
 @dataclass
@@ -175,7 +172,7 @@ async def test_dry_run_measures_what_stopping_saves_against_both_real_runs(
     server.script.log.clear()
     stopped = (await run_agent(endpoint, settings))["early_stop"]["usage"]
     server.script.log.clear()
-    dry = await run_agent(endpoint, settings.model_copy(update={"dry_run": True}))
+    dry = await run_agent(endpoint, with_fields(settings, dry_run=True))
     report = dry["early_stop"]
     assert dry["messages"][-1].content == "2880" and report["stop_reason"] == "finished"
     assert report["would_stop"] == {"step": 3, "stop_reason": "certain", "answer": "2880",

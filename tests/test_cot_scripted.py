@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import ROUTE_IDS, ROUTES, authorizations
+from conftest import ROUTE_IDS, ROUTES, assert_usage_matches, authorizations
 from scripted_server import ScriptedServer, closed_port
 
 from dynasor_graph import (
@@ -23,10 +23,6 @@ async def run(endpoint: Endpoint, config: CoTConfig, **inputs: Any) -> dict[str,
     return dict(await graph.ainvoke(inputs or {"question": "What is 3 * 4?"}))
 
 
-def assert_usage_matches_server(result: dict[str, Any], server: ScriptedServer) -> None:
-    assert result["usage"] == server.script.usage()
-
-
 async def test_exits_at_the_first_chunk_where_threshold_probes_agree(
     scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
@@ -42,7 +38,7 @@ async def test_exits_at_the_first_chunk_where_threshold_probes_agree(
     assert [e["kind"] for e in scripted.script.log] == ["reason", "probe"] * 6
     assert result["usage"]["reasoning_tokens"] == 60
     assert result["usage"]["probe_completion_tokens"] == 2 + 2 + 3 + 2 + 2 + 1
-    assert_usage_matches_server(result, scripted)
+    assert_usage_matches(result, scripted.script)
     reasoning = "".join(f"r{i} " for i in range(60))
     assert result["response"] == (
         reasoning + "\n\n</think>\n\n**Final Answer**\n\n\\[ \\boxed{12} \\]"
@@ -92,7 +88,7 @@ async def test_budget_is_never_exceeded(
         16, 16, 8]
     assert result["answer"] == "3"  # the last probe's answer
     assert result["certaindex"] == pytest.approx(1 / 3)
-    assert_usage_matches_server(result, scripted)
+    assert_usage_matches(result, scripted.script)
 
 
 async def test_natural_finish_stops_without_probing(
@@ -106,7 +102,7 @@ async def test_natural_finish_stops_without_probing(
     assert result["response"] == "3 times 4 is \\boxed{12}."
     assert [e["kind"] for e in scripted.script.log] == ["reason", "probe", "reason"]
     assert result["usage"]["reasoning_tokens"] == 5
-    assert_usage_matches_server(result, scripted)
+    assert_usage_matches(result, scripted.script)
 
 
 async def test_probe_events_stream_as_custom_events(
@@ -175,7 +171,7 @@ async def test_transient_server_errors_are_retried(
     result = await run(route_endpoint, CoTConfig(chunk_size=4, certainty_threshold=1))
     assert result["answer"] == "4"
     assert scripted.script.fail_next == []
-    assert_usage_matches_server(result, scripted)  # failed attempts produced no tokens
+    assert_usage_matches(result, scripted.script)  # failed attempts produced no tokens
 
 
 async def test_persistent_failure_names_the_url(

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 from pathlib import Path
 from types import ModuleType
 from typing import Any

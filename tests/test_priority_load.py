@@ -15,8 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from scripted_server import SERVED_NAME, Script
-from test_router_vllm import FakeWorker
+from scripted_server import SERVED_NAME, Script, Worker
 
 from dynasor_graph.local._fleet import Router
 
@@ -62,7 +61,7 @@ def scripts() -> dict[str, Counted]:
 
 def test_several_client_processes_share_the_router_and_leave_nothing_behind() -> None:
     own = scripts()
-    with FakeWorker("a") as a, FakeWorker("b") as b:
+    with Worker("a") as a, Worker("b") as b:
         for worker in (a, b):  # both replicas answer every question the same way
             worker.script.questions = own  # type: ignore[assignment]
         with Router([a.url, b.url], policy="consistent_hash", startup_timeout_s=60) as router:
