@@ -15,9 +15,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from scripted_server import SERVED_NAME, Script, Worker
 
 from dynasor_graph.local._fleet import Router
+
+pytestmark = pytest.mark.slow  # minutes of load: `make test`, not `make test-fast`
 
 CLIENTS, PROGRAMS, BUDGET = 3, 70, 60
 LOAD = Path(__file__).resolve().parent.parent / "benchmarks" / "load.py"

@@ -89,6 +89,8 @@ from scripted_server import Script, Worker  # noqa: E402
 
 from dynasor_graph.local._fleet import Router  # noqa: E402
 
+pytestmark = pytest.mark.slow  # minutes of load: `make test`, not `make test-fast`
+
 
 def script_all(worker: Worker) -> None:
     """The same per-question script on every replica: most settle after 2 to 4 probes, every
