@@ -13,7 +13,9 @@ It speaks both routes of the library:
   and its open assistant turn (:func:`parse`), asks the same ``Script.reply`` for the text, and
   answers it as vLLM does: ``token_ids`` (``return_token_ids``), ``logprobs`` with
   ``text_offset`` and ``token_logprobs``, and usage counted in ids. A token's id is its index in
-  the server's vocabulary (:class:`Vocabulary`); role markers and think markers are one id each.
+  the server's vocabulary (:class:`Vocabulary`); role markers and think markers are one id each,
+  and so is each token of a scripted reply (``Script.reasoning``'s entries), so the reasoning
+  stream continues from the number of ids generated so far, as a real model's would.
 
 Faults are scripted per generation request on both routes (``fail_next``: 429/5xx,
 ``refuse_message``: 400, ``drop_next``: the connection closes unanswered) and on every POST
@@ -62,9 +64,12 @@ class Vocabulary:
         self._ids: dict[str, int] = {}
 
     def encode(self, text: str) -> list[int]:
+        return self.ids(pieces(text))
+
+    def ids(self, strings: list[str]) -> list[int]:
+        """Each string as one token (a scripted reply's tokens keep their ids)."""
         with self._lock:
-            return [self._ids[p] if p in self._ids
-                    else self._add(p) for p in pieces(text)]
+            return [self._ids[p] if p in self._ids else self._add(p) for p in strings]
 
     def _add(self, piece: str) -> int:
         self._ids[piece] = len(self.words)
@@ -165,13 +170,15 @@ class Script:
             finish = "length" if len(tokens(text)) > max_tokens else "stop"
         else:
             kind = "reason"
-            start = len(tokens(prefix))
+            # the token route says how many ids were generated so far (one per scripted token)
+            start = int(body.get("_prefix_ids", len(tokens(prefix))))
             rest = self.reasoning[start:]
             out = rest[:max_tokens]
             finish = "length" if len(rest) > max_tokens else "stop"
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(out),
                  "total_tokens": prompt_tokens + len(out)}
-        self.log.append({"kind": kind, "body": body, "usage": usage, "text": "".join(out)})
+        self.log.append({"kind": kind, "body": body, "usage": usage, "text": "".join(out),
+                         "tokens": out})
         return 200, {
             "id": f"cmpl-{len(self.log)}",
             "object": "chat.completion",
@@ -312,12 +319,17 @@ class ScriptedServer:
                 if key not in ("prompt", "logprobs", "return_token_ids", "echo")}
         chat.update(messages=messages, continue_final_message=open_turn,
                     add_generation_prompt=not open_turn)
+        if open_turn:  # ids after the last <|assistant|>: how far the reply has got, in tokens
+            opener = self.vocab.encode("<|assistant|>")[0]
+            chat["_prefix_ids"] = len(ids) - 1 - max(i for i, t in enumerate(ids) if t == opener)
         status, payload = self.reply(chat)
         if status != 200:
             return status, payload
         choice = payload["choices"][0]
         text = choice["message"].get("content") or ""
-        out = self.vocab.encode(text)
+        logged = next((e for e in reversed(getattr(self.script, "log", []))
+                       if e.get("body") is chat and "tokens" in e), None)
+        out = self.vocab.ids(logged["tokens"]) if logged else self.vocab.encode(text)
         offsets, position = [], 0
         for token in out:
             offsets.append(position)
