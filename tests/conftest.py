@@ -113,7 +113,8 @@ def authorizations(requests: list[dict[str, Any]]) -> set[str | None]:
 
 @pytest.fixture
 def scripted() -> Iterator[ScriptedServer]:
-    """A fresh scripted server; set ``scripted.script`` fields to choose the replies."""
+    """A fresh scripted server; set ``scripted.script`` fields to choose the replies. It speaks
+    chat completions only unless a test takes ``route_endpoint`` (then the token API too)."""
     with ScriptedServer(Script()) as server:
         yield server
 
@@ -130,6 +131,7 @@ def route_endpoint(request: pytest.FixtureRequest, scripted: ScriptedServer) -> 
     """The scripted server on each route in turn (:data:`ROUTES`): for behaviour both routes
     share (retries, refusals, usage, the key on the wire)."""
     continuation, client = request.param
+    scripted.token_api = True  # /tokenize and token-id /v1/completions too
     return Endpoint(model=f"hosted_vllm/{SERVED_NAME}", api_base=scripted.api_base,
                     timeout_s=10, max_retries=2, continuation=continuation, client=client)
 

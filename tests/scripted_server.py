@@ -210,15 +210,19 @@ class ScriptedServer:
 
     The script is a :class:`Script`, or any object whose ``reply(body)`` returns the HTTP
     status and JSON payload for one chat-completions request (the agent tests script tool calls).
-    ``token_api=False`` serves chat completions only (``/tokenize`` answers 404, as a server
-    without vLLM's token API does).
+    ``token_api=True`` (or setting ``token_api`` before the requests) also serves vLLM's token
+    API; without it ``/tokenize`` answers 404, as a server without it does, so an endpoint's
+    ``continuation="auto"`` takes the text route, which the tests written for it expect.
     """
 
-    def __init__(self, script: Any = None, port: int = 0, *, token_api: bool = True,
-                 serialize: bool = False) -> None:
+    def __init__(self, script: Any = None, port: int = 0, *, token_api: bool = False,
+                 serialize: bool = False, opens_thinking: bool = False) -> None:
         self.script = script or Script()
         self.vocab = VOCABULARY
         self.token_api = token_api
+        # the generation prompt opens the thinking (``<think>\n``), as R1-Distill's template
+        # does; else the model writes it, as Qwen3's does
+        self.opens_thinking = opens_thinking
         # serialize: one script reply at a time (a script that is not thread-safe under load);
         # off by default, so a script can observe how many requests are in flight
         self._reply_lock: threading.Lock | None = threading.Lock() if serialize else None
@@ -286,14 +290,16 @@ class ScriptedServer:
         with self._reply_lock:
             return self.script.reply(body)  # type: ignore[no-any-return]
 
+    def rendered(self, body: dict[str, Any]) -> str:
+        """A chat request's ``messages`` and ``tools`` through this server's chat template."""
+        opening = body.get("add_generation_prompt", True)
+        return render(body["messages"], body.get("tools"), opening) + (
+            "<think>\n" if opening and self.opens_thinking else "")
+
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         """vLLM's ``/tokenize``: chat ``messages`` (and ``tools``) through :func:`render`, or
         a plain ``prompt``; the ids, their count and the model's context length."""
-        if "messages" in body:
-            text = render(body["messages"], body.get("tools"),
-                          body.get("add_generation_prompt", True))
-        else:
-            text = str(body.get("prompt", ""))
+        text = self.rendered(body) if "messages" in body else str(body.get("prompt", ""))
         ids = self.vocab.encode(text)
         return {"count": len(ids), "tokens": ids, "token_strs": None,
                 "max_model_len": getattr(self.script, "max_model_len", 32768)}
@@ -379,7 +385,7 @@ class Worker(ScriptedServer):
     ``5}``, replies one at a time; ``sessions`` lists each chat request's ``X-Session-ID``."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(Script(probes=["5}"] * 1000), token_api=False, serialize=True)
+        super().__init__(Script(probes=["5}"] * 1000), serialize=True)
         self.name = name
 
     @property

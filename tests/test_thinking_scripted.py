@@ -24,7 +24,7 @@ from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
 
 @pytest.fixture
 def token_server() -> Iterator[tuple[Endpoint, ScriptedServer]]:
-    with ScriptedServer(Script(reasoning=[], probes=[])) as server:
+    with ScriptedServer(Script(reasoning=[], probes=[]), token_api=True) as server:
         yield Endpoint(model="m", api_base=server.api_base, timeout_s=10,
                        continuation="tokens"), server
 
