@@ -18,8 +18,9 @@ It speaks both routes of the library:
   stream continues from the number of ids generated so far, as a real model's would.
 
 Faults are scripted per generation request on both routes (``fail_next``: 429/5xx,
-``refuse_message``: 400, ``drop_next``: the connection closes unanswered) and on every POST
-(``delay_s``); a refused connection is a port nobody listens on (``closed_port()``).
+``refuse_message``: 400, ``drop_next``: the connection closes unanswered,
+``generation_delay_s``: a slow reply) and on every POST (``delay_s``); a refused connection
+is a port nobody listens on (``closed_port()``).
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class Script:
     refuse_message: str | None = None  # answer every request with a 400 carrying this text
     delay_s: float = 0.0
     drop_next: int = 0  # close the connection unanswered for the next generation requests
+    generation_delay_s: float = 0.0  # every generation request (either route) waits this long
     logprob: float = -0.25  # every generated token's logprob on the token route
     max_model_len: int = 32768  # a longer token prompt is refused (400), as vLLM does
     log: list[dict[str, Any]] = field(default_factory=list)
@@ -268,6 +270,8 @@ class ScriptedServer:
                     outer.script.drop_next -= 1
                     self.close_connection = True  # no status line: the client sees a drop
                     return
+                if generation and getattr(outer.script, "generation_delay_s", 0):
+                    time.sleep(outer.script.generation_delay_s)  # a slow reply
                 if path.endswith("/chat/completions"):
                     self._send(*outer.reply(body))
                 elif outer.token_api and path == "/tokenize":

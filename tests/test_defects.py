@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import ROUTE_IDS, ROUTES, authorizations
+from conftest import ROUTE_IDS, ROUTES, authorizations, with_fields
 from scripted_server import Script, ScriptedServer, closed_port
 
 import dynasor_graph.local._server as local_server
@@ -205,6 +205,16 @@ async def test_a_dropped_generation_is_unreachable_and_retried(
         await create_cot(route_endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
     assert len(scripted.generations()) == 3  # max_retries = 2
     assert scripted.script.drop_next == 0 and scripted.script.log == []
+
+
+async def test_a_reply_slower_than_the_timeout_is_unreachable_and_retried(
+    scripted: ScriptedServer, route_endpoint: Endpoint
+) -> None:
+    scripted.script.generation_delay_s = 3.0
+    endpoint = with_fields(route_endpoint, timeout_s=0.5)
+    with pytest.raises(EndpointUnreachable, match=scripted.api_base):
+        await create_cot(endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
+    assert len(scripted.generations()) == 3  # max_retries = 2, each cut at the timeout
 
 
 async def test_a_dropped_generation_is_recovered_within_the_retries(
