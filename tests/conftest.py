@@ -106,6 +106,26 @@ def exact_prompts(path: dict[str, Any], first: int, suffix: int) -> tuple[int, i
     return reason, probe
 
 
+SETTINGS = {"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1", "chunk_size": 10,
+            "max_tokens": 60, "seed": None}
+"""The run settings of the hand-made trace lines (:func:`trace`)."""
+
+
+def trace(id: str, gold: str, answer: str, stop: str, tokens: int,
+          probes: list[tuple[str, bool, int]], sample: int = 0) -> dict[str, Any]:
+    """A trace line; probes are (answer, confident, completion tokens) at 10, 20, 30 … tokens."""
+    return {
+        "id": id, "sample": sample, "gold": gold, "answer": answer, "correct": answer == gold,
+        "stop_reason": stop, "reasoning_tokens": tokens, "reasoning_prompt_tokens": 50,
+        "probes": [{"tokens": 10 * (i + 1),
+                    "text": (f"{a}}}" if confident else f"wait {a}}}"), "answer": a,
+                    "confident": confident, "prompt_tokens": 100 + 10 * i,
+                    "completion_tokens": n}
+                   for i, (a, confident, n) in enumerate(probes)],
+        "settings": SETTINGS, "question": f"question {id}", "reasoning": "",
+    }
+
+
 def authorizations(requests: list[dict[str, Any]]) -> set[str | None]:
     """The ``Authorization`` headers the logged requests of a scripted server carried."""
     return {r["headers"].get("authorization") for r in requests}

@@ -7,29 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, trace
 
 from dynasor_graph.certaindex import answer_entropy
 from dynasor_graph.eval import DataFormatError, load_traces, replay_traces
-
-SETTINGS = {"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1", "chunk_size": 10,
-            "max_tokens": 60, "seed": None}
-
-
-def trace(id: str, gold: str, answer: str, stop: str, tokens: int,
-          probes: list[tuple[str, bool, int]], sample: int = 0) -> dict[str, Any]:
-    """A trace line; probes are (answer, confident, completion tokens) at 10, 20, 30 … tokens."""
-    return {
-        "id": id, "sample": sample, "gold": gold, "answer": answer, "correct": answer == gold,
-        "stop_reason": stop, "reasoning_tokens": tokens, "reasoning_prompt_tokens": 50,
-        "probes": [{"tokens": 10 * (i + 1),
-                    "text": (f"{a}}}" if confident else f"wait {a}}}"), "answer": a,
-                    "confident": confident, "prompt_tokens": 100 + 10 * i,
-                    "completion_tokens": n}
-                   for i, (a, confident, n) in enumerate(probes)],
-        "settings": SETTINGS, "question": f"question {id}", "reasoning": "",
-    }
-
 
 # A: budget 60, probes 5, 12, 12, 12, 12, 12 → final 12 (right)
 # B: finishes by itself at 35 tokens, probes "", "7" (hesitant), "7" → final 7 (right)
