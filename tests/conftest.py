@@ -131,6 +131,14 @@ def authorizations(requests: list[dict[str, Any]]) -> set[str | None]:
     return {r["headers"].get("authorization") for r in requests}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that takes the real vLLM (the ``local_vllm`` fixture) is a ``vllm`` test, marked
+    or not, so ``-m "not vllm"`` (``make test-fast``) never starts one."""
+    for item in items:
+        if "local_vllm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vllm)
+
+
 @pytest.fixture
 def scripted() -> Iterator[ScriptedServer]:
     """A fresh scripted server; set ``scripted.script`` fields to choose the replies. It speaks
