@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine:
 #   make demo   install, then answer a question with Dynasor-CoT on the embedded local vLLM
 #   make test   install, then ruff, mypy, the docs build and every test (the real local vLLM included)
+#   make test-fast   ruff, mypy and the scripted tests only (no vLLM, no slow load tests)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUESTION ?= Tom has 3 boxes with 4 apples in each box. How many apples does Tom have?
 
-.PHONY: install demo test lint docs bench clean postgres-server
+.PHONY: install demo test test-fast lint docs bench clean postgres-server
 
 install: $(STAMP)
 
@@ -50,6 +51,10 @@ docs: install
 
 test: lint docs
 	$(BIN)/python -m pytest -ra --durations=15
+
+# The loop while editing: everything but the real vLLM (`vllm`) and minutes-long load (`slow`).
+test-fast: lint
+	$(BIN)/python -m pytest -ra -m "not vllm and not slow" --durations=10
 
 clean:
 	rm -rf $(VENV)

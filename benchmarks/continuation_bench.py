@@ -47,12 +47,13 @@ from dynasor_graph import CoTConfig, Endpoint, EndpointError, _probe, _token_rou
 from dynasor_graph._endpoint import Completion
 from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
 from dynasor_graph.eval import load_dataset
+from dynasor_graph.eval._metrics import server_counters
 from dynasor_graph.local import SERVED_MODEL_NAME, LocalServer
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "tests" / "chat_templates"
 BLOCK = 32  # the local server's --block-size
-COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
-            "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
+COUNTERS = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:prompt_tokens",
+            "vllm:generation_tokens")
 
 
 @dataclass
@@ -76,13 +77,9 @@ class Program:
     requests: list[Request] = field(default_factory=list)
 
 
-async def counters(client: httpx.AsyncClient, root: str) -> dict[str, float]:
-    totals = dict.fromkeys(COUNTERS, 0.0)
-    for line in (await client.get(f"{root}/metrics", timeout=30)).text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[-1])
-    return totals
+async def counters(root: str) -> dict[str, float]:
+    """The server's :data:`COUNTERS` (the library's one ``/metrics`` reader)."""
+    return await asyncio.to_thread(server_counters, root, COUNTERS, timeout_s=30)
 
 
 async def lengths(endpoint: Endpoint, question: str) -> tuple[int, int]:
@@ -105,7 +102,6 @@ class Meter:
         self.root = root
         self.program: Program | None = None
         self.first = self.suffix = self.generated = 0
-        self.client = httpx.AsyncClient()
         self.originals = (vars(_token_route)["complete"], vars(_probe)["complete"],
                           _token_route.complete_tokens)
 
@@ -114,9 +110,9 @@ class Meter:
 
     async def measured(self, probe: bool, call: Callable[[], Awaitable[Completion]]
                        ) -> Completion:
-        before = await counters(self.client, self.root)
+        before = await counters(self.root)
         reply = await call()
-        after = await counters(self.client, self.root)
+        after = await counters(self.root)
         seen = {key: after[key] - before[key] for key in COUNTERS}
         # what an earlier request of this program computed: its prompt and output, but the
         # output's last token (sampled, never fed back); the cache holds whole blocks of it
@@ -125,8 +121,8 @@ class Meter:
             kind="probe" if probe else "reason", prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             expected_prompt=self.first + self.generated + (self.suffix if probe else 0),
-            cache_hits=seen["vllm:prefix_cache_hits_total"],
-            cache_queries=seen["vllm:prefix_cache_queries_total"],
+            cache_hits=seen["vllm:prefix_cache_hits"],
+            cache_queries=seen["vllm:prefix_cache_queries"],
             cacheable=BLOCK * (computed // BLOCK) if self.generated else 0)
         assert self.program is not None
         self.program.requests.append(request)
@@ -207,7 +203,6 @@ async def run_mode(server: LocalServer, mode: str, questions: list[tuple[str, st
             programs.append(program)
     finally:
         meter.uninstall()
-        await meter.client.aclose()
     return programs
 
 

@@ -9,7 +9,6 @@ server's own log.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import with_fields
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from pydantic import ValidationError
-from scripted_server import ScriptedServer
+from scripted_server import ScriptedServer, tokens
 
 from dynasor_graph import Endpoint
 from dynasor_graph._thinking import PROBE
@@ -31,10 +31,6 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 from agent import SYSTEM_PROMPT, build_agent, build_graph, evaluate, search_docs
 
 Turn = str | list[tuple[str, dict[str, Any]]]  # a final answer, or tool calls (name, args)
-
-
-def tokens(text: str) -> list[str]:
-    return re.findall(r"\S+\s*|\s+", text)
 
 
 @dataclass
@@ -176,7 +172,7 @@ async def test_dry_run_measures_what_stopping_saves_against_both_real_runs(
     server.script.log.clear()
     stopped = (await run_agent(endpoint, settings))["early_stop"]["usage"]
     server.script.log.clear()
-    dry = await run_agent(endpoint, settings.model_copy(update={"dry_run": True}))
+    dry = await run_agent(endpoint, with_fields(settings, dry_run=True))
     report = dry["early_stop"]
     assert dry["messages"][-1].content == "2880" and report["stop_reason"] == "finished"
     assert report["would_stop"] == {"step": 3, "stop_reason": "certain", "answer": "2880",
@@ -336,103 +332,37 @@ async def test_text_mode_probe_carries_the_step_thinking_before_the_suffix(
             "role": "assistant", "content": f"{THINKING[step]}\n\n{DEFAULT_AGENT_PROBE_SUFFIX}"}
 
 
-@dataclass
-class TokenAgentServer:
-    """vLLM's token API for an agent: chat completions script the steps (``AgentScript``),
-    ``/tokenize`` renders messages and tools (``opener``: whether the generation prompt opens
-    the thinking, as R1-Distill's does, or the model writes it, as Qwen3's does), and
-    ``/v1/completions`` answers the probes. A token is a think marker (one id, as in a real
-    reasoning model's vocabulary) or a ``\\S+\\s*`` run."""
-
-    script: AgentScript
-    opener: bool
-    vocab: list[str] = field(default_factory=list)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-
-    def ids(self, text: str) -> list[int]:
-        out = []
-        for token in re.findall(r"</?think>|(?:(?!</?think>)\S)+\s*|\s+", text):
-            if token not in self.vocab:
-                self.vocab.append(token)
-            out.append(self.vocab.index(token))
-        return out
-
-    def render(self, body: dict[str, Any]) -> str:
-        text = "".join(f"<|{m['role']}|> {m.get('content') or ''} " for m in body["messages"])
-        text += f"<|tools|> {json.dumps(body.get('tools'))} <|assistant|> "
-        if (body.get("chat_template_kwargs") or {}).get("enable_thinking") is False:
-            return text + "<think>\n\n</think>\n\n"  # as Qwen3's template switches it off
-        return text + ("<think>\n" if self.opener else "")
-
-    def reply(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.requests.append({"path": path, "body": body})
-        if path == "/tokenize":
-            return {"tokens": self.ids(self.render(body) if "messages" in body
-                                       else body["prompt"])}
-        if path == "/detokenize":
-            return {"prompt": "".join(self.vocab[i] for i in body["tokens"])}
-        if path.endswith("/chat/completions"):
-            return self.script.reply(body)[1]
-        text = self.script.probes[0]
-        return {"id": "p", "object": "text_completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "text": text, "finish_reason": "stop",
-                             "token_ids": self.ids(text), "logprobs": None}],
-                "usage": {"prompt_tokens": len(body["prompt"][0]),
-                          "completion_tokens": len(self.ids(text)),
-                          "total_tokens": len(body["prompt"][0]) + len(self.ids(text))}}
-
-
 @pytest.fixture(params=[True, False], ids=["prompt-opens-thinking", "model-opens-thinking"])
-def token_server(request: pytest.FixtureRequest) -> Iterator[tuple[Endpoint, TokenAgentServer]]:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
-
-    state = TokenAgentServer(AgentScript(), opener=request.param)
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            data = json.dumps(state.reply(self.path, body)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+def token_server(request: pytest.FixtureRequest) -> Iterator[tuple[Endpoint, ScriptedServer]]:
+    """The scripted server's token route for an agent: chat completions script the steps
+    (``AgentScript``), ``/tokenize`` renders messages and tools (the generation prompt opens the
+    thinking, as R1-Distill's does, or the model writes it, as Qwen3's does), and
+    ``/v1/completions`` answers the probes."""
+    with ScriptedServer(AgentScript(), token_api=True, opens_thinking=request.param) as server:
         yield Endpoint(model="hosted_vllm/scripted", timeout_s=10, continuation="tokens",
-                       api_base=f"http://127.0.0.1:{httpd.server_address[1]}/v1"), state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+                       api_base=server.api_base), server
 
 
 async def test_token_mode_probe_extends_the_step_rendered_prompt_inside_the_thinking(
-    token_server: tuple[Endpoint, TokenAgentServer],
+    token_server: tuple[Endpoint, ScriptedServer],
 ) -> None:
     endpoint, state = token_server
     state.script.turns, state.script.probes = LAMPS, ["2880}"]
     state.script.thinking = THINKING
     await run_agent(endpoint, EarlyStopConfig(certainty_threshold=2))
-    steps = [r["body"] for r in state.requests if r["path"].endswith("/chat/completions")]
-    probes = [r["body"] for r in state.requests if r["path"].endswith("/v1/completions")]
+    steps = [r["body"] for r in state.requests_to("/chat/completions")]
+    probes = [r["body"] for r in state.requests_to("/v1/completions")]
     assert len(probes) == 2 and len(steps) == 2
     for step, probe, thinking in zip(steps, probes, THINKING, strict=True):
         # the step's own prompt (messages and tools) as the template renders it, then the
         # thinking (opened by the probe when the model, not the prompt, opens it), the suffix
-        opened = "" if state.opener else "<think>\n"
-        expected = (state.ids(state.render(step))
-                    + state.ids(f"{opened}{thinking}\n\n")
-                    + state.ids(DEFAULT_AGENT_PROBE_SUFFIX))
+        opened = "" if state.opens_thinking else "<think>\n"
+        expected = (state.vocab.encode(state.rendered(step))
+                    + state.vocab.encode(f"{opened}{thinking}\n\n")
+                    + state.vocab.encode(DEFAULT_AGENT_PROBE_SUFFIX))
         assert probe["prompt"] == [expected]
-        assert "</think>" not in "".join(state.vocab[i] for i in probe["prompt"][0])
-    renders = [r["body"] for r in state.requests  # without the thinking format's detection
-               if r["path"] == "/tokenize" and "messages" in r["body"]
-               and r["body"]["messages"][-1] != PROBE[-1]]
+        assert "</think>" not in state.vocab.decode(probe["prompt"][0])
+    renders = [r["body"] for r in state.requests_to("/tokenize")  # not the format's detection
+               if "messages" in r["body"] and r["body"]["messages"][-1] != PROBE[-1]]
     assert [(r["messages"], r["tools"]) for r in renders] == [
         (s["messages"], s["tools"]) for s in steps]

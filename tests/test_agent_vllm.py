@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import counters
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from test_vllm import counters
 
 from dynasor_graph import Endpoint
 from dynasor_graph.agents import EarlyStopConfig

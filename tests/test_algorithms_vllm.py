@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_vllm import QUESTION, counters
+from conftest import QUESTION, counters
 
 from dynasor_graph import CoTConfig, Endpoint, MCTSConfig, RebaseConfig, SCConfig, create_graph
 from dynasor_graph.rewards import JudgeReward

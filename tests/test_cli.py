@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 from scripted_server import ScriptedServer
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASOR_")}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "dynasor_graph", *args], capture_output=True,
-                          text=True, timeout=120, env=full_env)
 
 
 def test_solve_json_contract(scripted: ScriptedServer) -> None:
     scripted.script.probes = ["5}", "5}"]
-    out = cli("solve", "What is 2 + 3?", "--model", "scripted", "--api-base", scripted.api_base,
+    out = run_cli("solve", "What is 2 + 3?", "--model", "scripted", "--api-base", scripted.api_base,
               "--effort", "high", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -40,7 +31,7 @@ def test_solve_json_contract(scripted: ScriptedServer) -> None:
 
 def test_solve_reads_the_environment_and_shows_probes(scripted: ScriptedServer) -> None:
     scripted.script.probes = ["hmm 4}", "5}"]
-    out = cli("solve", "What is 2 + 3?", "--threshold", "1", "--chunk-size", "7",
+    out = run_cli("solve", "What is 2 + 3?", "--threshold", "1", "--chunk-size", "7",
               env={"DYNASOR_API_BASE": scripted.api_base, "DYNASOR_MODEL": "scripted",
                    "DYNASOR_API_KEY": "sk-secret"})
     assert out.returncode == 0, out.stderr
@@ -75,7 +66,7 @@ def test_solve_reads_the_environment_and_shows_probes(scripted: ScriptedServer) 
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
-    out = cli(*args)
+    out = run_cli(*args)
     assert out.returncode != 0
     assert message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -83,7 +74,7 @@ def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
 
 
 def test_unreachable_endpoint_is_one_clear_line() -> None:
-    out = cli("solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
+    out = run_cli("solve", "q", "--api-base", "http://127.0.0.1:9/v1", "--model", "m",
               "--timeout", "2")
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
@@ -93,7 +84,7 @@ def test_unreachable_endpoint_is_one_clear_line() -> None:
 
 def test_server_refusal_is_the_server_message(scripted: ScriptedServer) -> None:
     scripted.script.refuse_message = "maximum context length is 2048 tokens"
-    out = cli("solve", "q", "--api-base", scripted.api_base, "--model", "scripted")
+    out = run_cli("solve", "q", "--api-base", scripted.api_base, "--model", "scripted")
     assert out.returncode == 1
     assert out.stderr.strip() == (f"dynasor-graph: {scripted.api_base} refused the request: "
                                   "maximum context length is 2048 tokens")
@@ -104,7 +95,7 @@ def test_solve_sc_json_reports_every_path(scripted: ScriptedServer) -> None:
 
     scripted.script.seeds = {
         7 + i: Script(reasoning=["so ", f"\\boxed{{{a}}} "]) for i, a in enumerate("5565")}
-    out = cli("solve", "What is 2 + 3?", "--model", "scripted", "--api-base", scripted.api_base,
+    out = run_cli("solve", "What is 2 + 3?", "--model", "scripted", "--api-base", scripted.api_base,
               "--algorithm", "sc", "--width", "4", "--max-width", "4", "--budget", "400",
               "--seed", "7", "--json")
     assert out.returncode == 0, out.stderr
@@ -121,7 +112,7 @@ def test_solve_mcts_prints_its_routing(scripted: ScriptedServer) -> None:
     from scripted_server import Script
 
     scripted.script.seeds = {7 + k: Script(reasoning=["so ", "\\boxed{5} "]) for k in (1, 2)}
-    out = cli("solve", "What is 2 + 3?", "--model", "scripted", "--api-base", scripted.api_base,
+    out = run_cli("solve", "What is 2 + 3?", "--model", "scripted", "--api-base", scripted.api_base,
               "--algorithm", "mcts", "--seed", "7", "--budget", "100",
               "--reward-api-base", scripted.api_base, "--reward-model", "prm")
     # the scripted server has no /classify: the reward model's refusal is one clear line

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from test_replay import trace
+from conftest import trace
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
 from dynasor_graph._answers import answer_end

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from scripted_server import ScriptedServer
+from conftest import ROUTE_IDS, ROUTES, assert_usage_matches, authorizations
+from scripted_server import ScriptedServer, closed_port
 
 from dynasor_graph import (
     CoTConfig,
@@ -22,16 +23,12 @@ async def run(endpoint: Endpoint, config: CoTConfig, **inputs: Any) -> dict[str,
     return dict(await graph.ainvoke(inputs or {"question": "What is 3 * 4?"}))
 
 
-def assert_usage_matches_server(result: dict[str, Any], server: ScriptedServer) -> None:
-    assert result["usage"] == server.script.usage()
-
-
 async def test_exits_at_the_first_chunk_where_threshold_probes_agree(
-    scripted: ScriptedServer, scripted_endpoint: Endpoint
+    scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     # probes 1..6: 12, 12, hesitant, 12, 12, 12 → the window of 3 agrees first at probe 6
     scripted.script.probes = ["12} \\]", "12} \\]", "wait, 12} \\]", "12} \\]", "12} \\]", "12}"]
-    result = await run(scripted_endpoint, CoTConfig(chunk_size=10, max_tokens=1000))
+    result = await run(route_endpoint, CoTConfig(chunk_size=10, max_tokens=1000))
     assert result["stop_reason"] == "certain"
     assert result["decision"] == "exit"
     assert result["certaindex"] == 1.0
@@ -41,7 +38,7 @@ async def test_exits_at_the_first_chunk_where_threshold_probes_agree(
     assert [e["kind"] for e in scripted.script.log] == ["reason", "probe"] * 6
     assert result["usage"]["reasoning_tokens"] == 60
     assert result["usage"]["probe_completion_tokens"] == 2 + 2 + 3 + 2 + 2 + 1
-    assert_usage_matches_server(result, scripted)
+    assert_usage_matches(result, scripted.script)
     reasoning = "".join(f"r{i} " for i in range(60))
     assert result["response"] == (
         reasoning + "\n\n</think>\n\n**Final Answer**\n\n\\[ \\boxed{12} \\]"
@@ -81,31 +78,31 @@ async def test_threshold_changes_the_stopping_chunk(
 
 
 async def test_budget_is_never_exceeded(
-    scripted: ScriptedServer, scripted_endpoint: Endpoint
+    scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     scripted.script.probes = ["1}", "2}", "3}", "4}", "5}"]  # never settles
-    result = await run(scripted_endpoint, CoTConfig(chunk_size=16, max_tokens=40))
+    result = await run(route_endpoint, CoTConfig(chunk_size=16, max_tokens=40))
     assert result["stop_reason"] == "budget"
     assert result["usage"]["reasoning_tokens"] == 40
     assert [e["body"]["max_tokens"] for e in scripted.script.log if e["kind"] == "reason"] == [
         16, 16, 8]
     assert result["answer"] == "3"  # the last probe's answer
     assert result["certaindex"] == pytest.approx(1 / 3)
-    assert_usage_matches_server(result, scripted)
+    assert_usage_matches(result, scripted.script)
 
 
 async def test_natural_finish_stops_without_probing(
-    scripted: ScriptedServer, scripted_endpoint: Endpoint
+    scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     scripted.script.reasoning = ["3 ", "times ", "4 ", "is ", "\\boxed{12}."]
     scripted.script.probes = ["9}"]
-    result = await run(scripted_endpoint, CoTConfig(chunk_size=3, max_tokens=100))
+    result = await run(route_endpoint, CoTConfig(chunk_size=3, max_tokens=100))
     assert result["stop_reason"] == "finished"
     assert result["answer"] == "12"
     assert result["response"] == "3 times 4 is \\boxed{12}."
     assert [e["kind"] for e in scripted.script.log] == ["reason", "probe", "reason"]
     assert result["usage"]["reasoning_tokens"] == 5
-    assert_usage_matches_server(result, scripted)
+    assert_usage_matches(result, scripted.script)
 
 
 async def test_probe_events_stream_as_custom_events(
@@ -167,54 +164,72 @@ async def test_empty_question_is_rejected(scripted_endpoint: Endpoint,
 
 
 async def test_transient_server_errors_are_retried(
-    scripted: ScriptedServer, scripted_endpoint: Endpoint
+    scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     scripted.script.probes = ["4}"]
     scripted.script.fail_next = [503, 500]
-    result = await run(scripted_endpoint, CoTConfig(chunk_size=4, certainty_threshold=1))
+    result = await run(route_endpoint, CoTConfig(chunk_size=4, certainty_threshold=1))
     assert result["answer"] == "4"
     assert scripted.script.fail_next == []
-    assert_usage_matches_server(result, scripted)  # failed attempts produced no tokens
+    assert_usage_matches(result, scripted.script)  # failed attempts produced no tokens
 
 
 async def test_persistent_failure_names_the_url(
-    scripted: ScriptedServer, scripted_endpoint: Endpoint
+    scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     scripted.script.fail_next = [500] * 10
     with pytest.raises(ServerBusy, match=scripted.api_base) as info:
-        await run(scripted_endpoint, CoTConfig())
+        await run(route_endpoint, CoTConfig())
     assert len(scripted.script.fail_next) == 10 - 3  # 1 attempt + max_retries=2
     assert info.value.status_code == 500 and "scripted failure 500" in str(info.value)
 
 
-async def test_unreachable_endpoint_fails_fast_with_the_url() -> None:
-    import socket
-
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = Endpoint(model="m", api_base=f"http://127.0.0.1:{port}/v1", timeout_s=2,
-                        max_retries=1)
+@pytest.mark.parametrize(("continuation", "client"), ROUTES, ids=ROUTE_IDS)
+async def test_unreachable_endpoint_fails_fast_with_the_url(continuation: str,
+                                                            client: str) -> None:
+    port = closed_port()  # a port that was free a moment ago: nothing listens
+    endpoint = Endpoint.model_validate({
+        "model": "m", "api_base": f"http://127.0.0.1:{port}/v1", "timeout_s": 2,
+        "max_retries": 1, "continuation": continuation, "client": client})
     with pytest.raises(EndpointUnreachable, match=f"127.0.0.1:{port}"):
         await run(endpoint, CoTConfig())
 
 
 async def test_server_refusal_carries_the_server_message(
-    scripted: ScriptedServer, scripted_endpoint: Endpoint
+    scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     message = "This model's maximum context length is 2048 tokens. However, you requested 9000"
     scripted.script.refuse_message = message
     with pytest.raises(ServerRefused) as info:
-        await run(scripted_endpoint, CoTConfig())
+        await run(route_endpoint, CoTConfig())
     assert message in str(info.value)
     assert str(info.value).startswith(scripted.api_base)
     assert len(scripted.script.log) == 0  # refusals are not retried or counted
 
 
-def test_api_key_stays_secret(scripted_endpoint: Endpoint) -> None:
-    endpoint = Endpoint(model="m", api_base=scripted_endpoint.api_base, api_key="sk-very-secret")
-    assert "sk-very-secret" not in repr(endpoint)
-    assert "sk-very-secret" not in str(endpoint.model_dump())
+async def test_api_key_stays_secret_and_arrives_on_every_request(
+    scripted: ScriptedServer, route_endpoint: Endpoint
+) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    secret = "sk-very-secret"
+    endpoint = Endpoint.model_validate({**route_endpoint.model_dump(), "api_key": secret})
+    assert secret not in repr(endpoint)
+    assert secret not in str(endpoint.model_dump())
+    scripted.script.probes = ["4}"]
+    graph = create_cot(endpoint, CoTConfig(chunk_size=4, certainty_threshold=1),
+                       checkpointer=InMemorySaver())
+    thread = {"configurable": {"thread_id": "k"}}
+    result = await graph.ainvoke({"question": "q"}, thread)
+    assert result["answer"] == "4"
+    # it arrives where it must: every request (/tokenize too on the token route) ...
+    assert scripted.requests and authorizations(scripted.requests) == {f"Bearer {secret}"}
+    if endpoint.continuation == "tokens":
+        assert scripted.requests_to("/tokenize") and scripted.requests_to("/v1/completions")
+    # ... and nowhere else: not in the output, the checkpointed state or its history
+    assert secret not in repr(result)
+    assert secret not in repr(await graph.aget_state(thread))
+    assert all([secret not in repr(s) async for s in graph.aget_state_history(thread)])
 
 
 async def test_checkpointed_state_shows_certaindex_and_decision(

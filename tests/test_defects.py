@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-from scripted_server import Script, ScriptedServer
+from conftest import ROUTE_IDS, ROUTES, authorizations, with_fields
+from scripted_server import Script, ScriptedServer, closed_port
 
 import dynasor_graph.local._server as local_server
 from dynasor_graph import (
@@ -71,14 +71,6 @@ def no_local_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_server.LocalServer, "start", forbidden)
 
 
-def chat_requests(server: ScriptedServer) -> list[dict[str, Any]]:
-    return server.requests_to("/chat/completions")
-
-
-def authorizations(requests: list[dict[str, Any]]) -> set[str | None]:
-    return {r["headers"].get("authorization") for r in requests}
-
-
 # --- the key reaches both servers, and never the output -------------------------------------
 
 def test_cli_sends_the_api_key_to_the_model_and_to_the_reward_server(
@@ -95,7 +87,7 @@ def test_cli_sends_the_api_key_to_the_model_and_to_the_reward_server(
     assert code == 0, out.err
     assert classify and authorizations(classify) == {f"Bearer {KEY}"}  # was "Bearer EMPTY"
     assert classify[0]["body"]["model"] == "prm"
-    chat = chat_requests(scripted)
+    chat = scripted.generations()
     assert chat and authorizations(chat) == {f"Bearer {KEY}"}
     assert KEY not in out.out + out.err
 
@@ -145,62 +137,108 @@ def sc_config() -> SCConfig:
 
 
 async def test_sc_retries_a_failing_request_max_retries_times_not_squared(
-    scripted: ScriptedServer, scripted_endpoint: Endpoint
+    scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     scripted.script.fail_next = [503] * 20
     with pytest.raises(ServerBusy, match="scripted failure 503"):
-        await create_sc(scripted_endpoint, sc_config()).ainvoke({"question": "q"})
-    attempts = scripted_endpoint.max_retries + 1
+        await create_sc(route_endpoint, sc_config()).ainvoke({"question": "q"})
+    attempts = route_endpoint.max_retries + 1
     # was 9: a RetryPolicy around the path's own retrying nodes
-    assert len(chat_requests(scripted)) == attempts == 3
+    assert len(scripted.generations()) == attempts == 3
     assert len(scripted.script.fail_next) == 20 - attempts
 
 
 async def test_sc_recovers_from_busy_answers_within_its_retries(
-    scripted: ScriptedServer, scripted_endpoint: Endpoint
+    scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     scripted.script.fail_next = [503, 429]
     scripted.script.probes = ["5}"]
-    result = await create_sc(scripted_endpoint, sc_config()).ainvoke({"question": "q"})
+    result = await create_sc(route_endpoint, sc_config()).ainvoke({"question": "q"})
     assert result["answer"] == "5"
-    assert len(chat_requests(scripted)) == len(scripted.script.log) + 2
+    assert len(scripted.generations()) == len(scripted.script.log) + 2
     assert result["usage"] == scripted.script.usage()
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
 async def test_busy_answers_are_server_busy_and_retried(
-    status: int, scripted: ScriptedServer, scripted_endpoint: Endpoint
+    status: int, scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     scripted.script.fail_next = [status] * 3
     with pytest.raises(ServerBusy) as caught:
-        await create_cot(scripted_endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
+        await create_cot(route_endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
     assert caught.value.status_code == status
     assert not isinstance(caught.value, EndpointUnreachable)  # was filed as unreachable
     assert f"scripted failure {status}" in str(caught.value)
     assert scripted.api_base in str(caught.value)
-    assert len(chat_requests(scripted)) == 3  # max_retries = 2
+    assert len(scripted.generations()) == 3  # max_retries = 2
 
 
 async def test_a_refusal_carries_the_servers_message_and_is_not_retried(
-    scripted: ScriptedServer, scripted_endpoint: Endpoint
+    scripted: ScriptedServer, route_endpoint: Endpoint
 ) -> None:
     message = "This model's maximum context length is 2048 tokens (see litellm.docs: {limits})"
     scripted.script.refuse_message = message
     with pytest.raises(ServerRefused) as caught:
-        await create_cot(scripted_endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
+        await create_cot(route_endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
     assert caught.value.status_code == 400
     assert str(caught.value) == f"{scripted.api_base} refused the request: {message}"
-    assert len(chat_requests(scripted)) == 1
+    assert len(scripted.generations()) == 1
 
 
-async def test_a_refused_connection_is_unreachable() -> None:
-    with socket.socket() as probe:  # a loopback port that nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    endpoint = Endpoint(model="scripted", api_base=f"http://127.0.0.1:{port}/v1", timeout_s=5,
-                        max_retries=1)
+@pytest.mark.parametrize(("continuation", "client"), ROUTES, ids=ROUTE_IDS)
+async def test_a_refused_connection_is_unreachable(continuation: str, client: str) -> None:
+    port = closed_port()  # a loopback port that nothing listens on
+    endpoint = Endpoint.model_validate({
+        "model": "scripted", "api_base": f"http://127.0.0.1:{port}/v1", "timeout_s": 5,
+        "max_retries": 1, "continuation": continuation, "client": client})
     with pytest.raises(EndpointUnreachable, match=f"cannot reach http://127.0.0.1:{port}/"):
         await create_cot(endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
+
+
+async def test_a_dropped_generation_is_unreachable_and_retried(
+    scripted: ScriptedServer, route_endpoint: Endpoint
+) -> None:
+    # the server accepts the connection, then closes it without an answer: on the token route
+    # this reaches /v1/completions (after /tokenize answered), through either client
+    scripted.script.drop_next = 3
+    with pytest.raises(EndpointUnreachable, match=scripted.api_base):
+        await create_cot(route_endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
+    assert len(scripted.generations()) == 3  # max_retries = 2
+    assert scripted.script.drop_next == 0 and scripted.script.log == []
+
+
+async def test_a_reply_slower_than_the_timeout_is_unreachable_and_retried(
+    scripted: ScriptedServer, route_endpoint: Endpoint
+) -> None:
+    scripted.script.generation_delay_s = 3.0
+    endpoint = with_fields(route_endpoint, timeout_s=0.5)
+    with pytest.raises(EndpointUnreachable, match=scripted.api_base):
+        await create_cot(endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
+    assert len(scripted.generations()) == 3  # max_retries = 2, each cut at the timeout
+
+
+@pytest.mark.parametrize("client", ["litellm", "openai"])
+async def test_a_token_prompt_past_max_model_len_is_refused_with_the_servers_message(
+    scripted: ScriptedServer, client: str
+) -> None:
+    scripted.token_api, scripted.script.max_model_len = True, 3  # "q" renders to 4 ids
+    endpoint = Endpoint(model="scripted", api_base=scripted.api_base, timeout_s=10,
+                        continuation="tokens", client=client)
+    with pytest.raises(ServerRefused, match="maximum context length is 3 tokens") as caught:
+        await create_cot(endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
+    assert caught.value.status_code == 400
+    assert len(scripted.generations()) == 1 and scripted.script.log == []  # not retried
+
+
+async def test_a_dropped_generation_is_recovered_within_the_retries(
+    scripted: ScriptedServer, route_endpoint: Endpoint
+) -> None:
+    scripted.script.drop_next, scripted.script.probes = 1, ["7}"]
+    config = CoTConfig(chunk_size=4, certainty_threshold=1)
+    result = await create_cot(route_endpoint, config).ainvoke({"question": "q"})
+    assert result["answer"] == "7"
+    assert len(scripted.generations()) == len(scripted.script.log) + 1
+    assert result["usage"] == scripted.script.usage()
 
 
 def test_the_error_hierarchy() -> None:
@@ -276,7 +314,7 @@ async def test_studio_key_reaches_the_server_and_no_checkpoint(
     else:
         files = [p for p in tmp_path.iterdir() if p.name.startswith("runs.sqlite")]
         assert files and all(KEY.encode() not in p.read_bytes() for p in files)
-    chat = chat_requests(scripted)  # ... and the key did arrive where it must
+    chat = scripted.generations()  # ... and the key did arrive where it must
     assert chat and authorizations(chat) == {f"Bearer {KEY}"}
 
 

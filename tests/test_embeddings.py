@@ -14,6 +14,7 @@ ANSWERS = ["The capital of France is Paris.", "Paris is the capital of France", 
            "It is Berlin.", "Berlin"]
 
 
+@pytest.mark.slow  # loads all-MiniLM-L6-v2 on the CPU
 def test_similar_meaning_clusters_paraphrases_that_exact_matching_keeps_apart() -> None:
     exact, _ = answer_entropy(ANSWERS)
     assert exact == 0.0  # five different strings: five classes

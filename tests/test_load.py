@@ -4,10 +4,13 @@ memory stays bounded. Counts are bounded; there are no timing assertions."""
 
 from __future__ import annotations
 
+import pytest
 from scripted_server import Script, ScriptedServer
 
 from dynasor_graph import CoTConfig, Endpoint, SchedulerConfig
 from dynasor_graph.eval._load import run_load
+
+pytestmark = pytest.mark.slow  # minutes of load: `make test`, not `make test-fast`
 
 PROGRAMS = 200
 

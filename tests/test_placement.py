@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from conftest import trace
 from scripted_server import ScriptedServer
-from test_replay import trace
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
 from dynasor_graph._probe import crossed_transition

@@ -15,10 +15,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from scripted_server import SERVED_NAME, Script
-from test_router_vllm import FakeWorker
+import pytest
+from scripted_server import SERVED_NAME, Script, Worker
 
 from dynasor_graph.local._fleet import Router
+
+pytestmark = pytest.mark.slow  # minutes of load: `make test`, not `make test-fast`
 
 CLIENTS, PROGRAMS, BUDGET = 3, 70, 60
 LOAD = Path(__file__).resolve().parent.parent / "benchmarks" / "load.py"
@@ -62,7 +64,7 @@ def scripts() -> dict[str, Counted]:
 
 def test_several_client_processes_share_the_router_and_leave_nothing_behind() -> None:
     own = scripts()
-    with FakeWorker("a") as a, FakeWorker("b") as b:
+    with Worker("a") as a, Worker("b") as b:
         for worker in (a, b):  # both replicas answer every question the same way
             worker.script.questions = own  # type: ignore[assignment]
         with Router([a.url, b.url], policy="consistent_hash", startup_timeout_s=60) as router:

@@ -7,16 +7,16 @@ advanced by ``starvation_s * closeness``; so ``priority - 10 * (arrival - epoch)
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from typing import Any
 
 import pytest
+from conftest import run_all, with_fields
 from scripted_server import Script, ScriptedServer
 
 from dynasor_graph import CoTConfig, Endpoint, Scheduler, SchedulerConfig, create_cot
-from dynasor_graph.scheduler import LATE_S, PRIORITY_EPOCH, ProgramResult
+from dynasor_graph.scheduler import LATE_S, PRIORITY_EPOCH
 
 SETTLES, HESITANT = "5}", "5} wait"
 SLACK = 5  # deciseconds between a request's priority (at send) and its arrival, at most
@@ -56,15 +56,7 @@ class Recording(Script):
 def recording(scripted_endpoint: Endpoint) -> Any:
     script = Recording()
     with ScriptedServer(script) as server:
-        yield script, scripted_endpoint.model_copy(update={"api_base": server.api_base})
-
-
-async def run_all(scheduler: Scheduler, endpoint: Endpoint, config: CoTConfig,
-                  questions: list[str]) -> dict[str, ProgramResult]:
-    graph = create_cot(endpoint, config)
-    results = await asyncio.gather(*(scheduler.run(graph, {"question": q}, program_id=q)
-                                     for q in questions))
-    return {r.program_id: r for r in results}
+        yield script, with_fields(scripted_endpoint, api_base=server.api_base)
 
 
 async def own(script: Recording, endpoint: Endpoint, **probes: str) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import with_fields
 
 from dynasor_graph import CoTConfig, Endpoint, Scheduler, SchedulerConfig, create_cot
 from dynasor_graph._text_route import complete
+from dynasor_graph.eval._metrics import server_counters
 from dynasor_graph.local import LocalServer
 from dynasor_graph.scheduler import LATE_S, _Program
 
@@ -37,15 +38,9 @@ def priority_server() -> Iterator[LocalServer]:
 
 
 def counters(server: LocalServer) -> dict[str, float]:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    wanted = {"vllm:request_success", "vllm:generation_tokens", "vllm:num_preemptions",
-              "vllm:num_requests_running"}
-    totals = dict.fromkeys(wanted, 0.0)
-    for family in text_string_to_metric_families(text):
-        if family.name in wanted:
-            totals[family.name] += sum(s.value for s in family.samples
-                                       if not s.name.endswith("_created"))
-    return totals
+    return server_counters(server.base_url, (
+        "vllm:request_success", "vllm:generation_tokens", "vllm:num_preemptions",
+        "vllm:num_requests_running"))
 
 
 class OneCall:
@@ -97,7 +92,7 @@ class Settled(Scheduler):
 
 
 async def test_the_program_put_ahead_finishes_first(priority_server: LocalServer) -> None:
-    endpoint = priority_server.endpoint().model_copy(update={"timeout_s": 300})
+    endpoint = with_fields(priority_server.endpoint(), timeout_s=300)
     graph = OneCall(endpoint)
     await graph.astream({"question": "warm up"}).__anext__()  # LiteLLM's lazy imports
     before = counters(priority_server)
@@ -133,7 +128,7 @@ async def test_gang_and_soft_deadline_reorder_vllms_queue(priority_server: Local
     """While a long request holds the slot: "old" (gang) starts first and calls at 1.5 s, "late"
     (soft deadline 0.3 s) calls at 1.0 s, past its deadline; "n0" and "n1" (fifo) call at 0.3
     and 0.6 s. vLLM serves old (its program's start), n0, n1, then late (a day back)."""
-    endpoint = priority_server.endpoint().model_copy(update={"timeout_s": 300})
+    endpoint = with_fields(priority_server.endpoint(), timeout_s=300)
     await OneCall(endpoint).astream({"question": "warm up"}).__anext__()
     gang = Scheduler(SchedulerConfig(policy="fifo", mode="vllm_priority", gang=True))
     soft = Scheduler(SchedulerConfig(policy="fifo", mode="vllm_priority", deadline_s=0.3))
@@ -163,7 +158,7 @@ async def test_gang_and_soft_deadline_reorder_vllms_queue(priority_server: Local
 async def test_cot_programs_in_priority_mode_show_in_metrics(
     priority_server: LocalServer,
 ) -> None:
-    endpoint = priority_server.endpoint().model_copy(update={"timeout_s": 300})
+    endpoint = with_fields(priority_server.endpoint(), timeout_s=300)
     scheduler = Scheduler(SchedulerConfig(mode="vllm_priority", program_budget=96,
                                           reallocate=False))
     graph = create_cot(endpoint, CoTConfig(chunk_size=16, max_tokens=64,

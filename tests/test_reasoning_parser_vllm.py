@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_thinking_vllm import counters, delta, exact_prompts, rendered_length, suffix_length
+from conftest import counters, exact_prompts, rendered_length, suffix_length, with_fields
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
+from dynasor_graph.eval._metrics import counter_delta as delta
 from dynasor_graph.local import SERVED_MODEL_NAME, LocalServer
 from dynasor_graph.local._variants import ensure_think_variant
 
@@ -51,17 +52,17 @@ async def _serve_and_run(template: str, parser: bool) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     with server:
         tokens = Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base, timeout_s=300)
-        text = tokens.model_copy(update={"continuation": "text"})
+        text = with_fields(tokens, continuation="text")
         for name in RUNS_OF[template]:
             question, seed = RUNS[name]
-            config = CONFIG.model_copy(update={"seed": seed})
+            config = with_fields(CONFIG, seed=seed)
             before = counters(tokens)
             result = await create_cot(tokens, config).ainvoke({"question": question})
             seen[name] = {"result": result, "server": delta(before, counters(tokens)),
                           "first": rendered_length(tokens, question),
                           "suffix": suffix_length(tokens)}
         question, seed = RUNS["budget"]
-        seen["text"] = await create_cot(text, CONFIG.model_copy(update={"seed": seed})).ainvoke(
+        seen["text"] = await create_cot(text, with_fields(CONFIG, seed=seed)).ainvoke(
             {"question": question})
     return seen
 

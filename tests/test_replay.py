@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_cli, trace
 
 from dynasor_graph.certaindex import answer_entropy
 from dynasor_graph.eval import DataFormatError, load_traces, replay_traces
-
-SETTINGS = {"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1", "chunk_size": 10,
-            "max_tokens": 60, "seed": None}
-
-
-def trace(id: str, gold: str, answer: str, stop: str, tokens: int,
-          probes: list[tuple[str, bool, int]], sample: int = 0) -> dict[str, Any]:
-    """A trace line; probes are (answer, confident, completion tokens) at 10, 20, 30 … tokens."""
-    return {
-        "id": id, "sample": sample, "gold": gold, "answer": answer, "correct": answer == gold,
-        "stop_reason": stop, "reasoning_tokens": tokens, "reasoning_prompt_tokens": 50,
-        "probes": [{"tokens": 10 * (i + 1),
-                    "text": (f"{a}}}" if confident else f"wait {a}}}"), "answer": a,
-                    "confident": confident, "prompt_tokens": 100 + 10 * i,
-                    "completion_tokens": n}
-                   for i, (a, confident, n) in enumerate(probes)],
-        "settings": SETTINGS, "question": f"question {id}", "reasoning": "",
-    }
-
 
 # A: budget 60, probes 5, 12, 12, 12, 12, 12 → final 12 (right)
 # B: finishes by itself at 35 tokens, probes "", "7" (hesitant), "7" → final 7 (right)
@@ -169,17 +148,11 @@ def test_default_methods_keep_the_presets_that_fit(traces_file: Path) -> None:
     assert list(summary) == ["full", "oracle", "entropy:0.6@5"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DYNASOR_")}
-    return subprocess.run([sys.executable, "-m", "dynasor_graph", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
-
-
 def test_replay_command_writes_summary_results_and_plot(traces_file: Path,
                                                         tmp_path: Path) -> None:
     from PIL import Image
 
-    out = cli("replay", "--traces", str(traces_file), "--out", str(tmp_path / "r"),
+    out = run_cli("replay", "--traces", str(traces_file), "--out", str(tmp_path / "r"),
               "--methods", "cot:2@10")
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
@@ -221,7 +194,7 @@ def test_a_malformed_trace_line_names_the_file_and_line(tmp_path: Path, line: st
 def test_replay_command_reports_a_bad_line_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(TRACES[0]) + "\n{oops\n", encoding="utf-8")
-    out = cli("replay", "--traces", str(path), "--out", str(tmp_path / "r"))
+    out = run_cli("replay", "--traces", str(path), "--out", str(tmp_path / "r"))
     assert out.returncode == 1
     assert out.stderr.startswith(f"dynasor-graph: {path}:2: not a trace: Invalid JSON")
     assert len(out.stderr.strip().splitlines()) == 1

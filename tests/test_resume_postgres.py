@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
+from dynasor_graph.eval._metrics import server_counters
 
 QUESTION = ("Explain step by step how to multiply 37 by 24, checking every step twice, "
             "then do the same for 48 times 19.")
@@ -72,8 +72,8 @@ if __name__ == "__main__":
     sys.exit(0)
 
 
+from conftest import counters, spent  # noqa: E402
 from pg_server import PostgresUnavailable, temp_postgres  # noqa: E402
-from test_vllm import counters  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -86,9 +86,8 @@ def worker(mode: str, uri: str, endpoint: Endpoint, thread_id: str) -> subproces
 
 def running(endpoint: Endpoint) -> float:
     """``vllm:num_requests_running`` + ``vllm:num_requests_waiting`` of the server."""
-    text = httpx.get(endpoint.api_base.removesuffix("/v1") + "/metrics", timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{")))
+    return sum(server_counters(endpoint.server_root, (
+        "vllm:num_requests_running", "vllm:num_requests_waiting")).values())
 
 
 def wait_idle(endpoint: Endpoint, timeout_s: float = 60) -> None:
@@ -96,11 +95,6 @@ def wait_idle(endpoint: Endpoint, timeout_s: float = 60) -> None:
     while running(endpoint) > 0:
         assert time.monotonic() < deadline, "the server still runs requests"
         time.sleep(0.2)
-
-
-def spent(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
-    return (after["vllm:generation_tokens"] - before["vllm:generation_tokens"],
-            after["vllm:prompt_tokens"] - before["vllm:prompt_tokens"])
 
 
 @pytest.fixture(scope="module")

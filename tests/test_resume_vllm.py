@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import counters, spent
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from test_vllm import counters
 
 from dynasor_graph import CoTConfig, Endpoint, EndpointUnreachable, create_cot
 
@@ -49,11 +49,6 @@ def stop(process: subprocess.Popen[str]) -> None:
     for pipe in (process.stdout, process.stderr):
         if pipe is not None:
             pipe.close()
-
-
-def spent(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
-    return (after["vllm:generation_tokens"] - before["vllm:generation_tokens"],
-            after["vllm:prompt_tokens"] - before["vllm:prompt_tokens"])
 
 
 async def test_killing_the_local_vllm_mid_run_and_resuming_counts_every_token_once(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from test_vllm import QUESTION, counters
+from conftest import QUESTION, counters
 
 from dynasor_graph import Endpoint, MCTSConfig, create_mcts
 from dynasor_graph.rewards import JUDGE_PROMPT, ClassifierReward

@@ -85,13 +85,14 @@ if __name__ == "__main__":
 import socket  # noqa: E402
 
 import pytest  # noqa: E402
-from scripted_server import Script  # noqa: E402
-from test_router_vllm import FakeWorker  # noqa: E402
+from scripted_server import Script, Worker  # noqa: E402
 
 from dynasor_graph.local._fleet import Router  # noqa: E402
 
+pytestmark = pytest.mark.slow  # minutes of load: `make test`, not `make test-fast`
 
-def script_all(worker: FakeWorker) -> None:
+
+def script_all(worker: Worker) -> None:
     """The same per-question script on every replica: most settle after 2 to 4 probes, every
     25th is refused, every 40th never settles (stopped by its budget)."""
     for client in range(CLIENTS):
@@ -106,7 +107,7 @@ def script_all(worker: FakeWorker) -> None:
 
 
 def test_three_client_processes_through_the_router_end_cleanly() -> None:
-    with FakeWorker("a") as a, FakeWorker("b") as b:
+    with Worker("a") as a, Worker("b") as b:
         workers = (a, b)
         for worker in workers:
             script_all(worker)

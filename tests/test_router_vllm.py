@@ -16,19 +16,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import pytest
-from scripted_server import SERVED_NAME, Script
+from conftest import QUESTION
+from scripted_server import SERVED_NAME, Worker
 
 from dynasor_graph import CoTConfig, Endpoint, Scheduler, SchedulerConfig, create_cot
 from dynasor_graph._state import sum_usage
@@ -37,67 +34,10 @@ from dynasor_graph.eval._metrics import server_counters
 from dynasor_graph.local._fleet import Router
 from dynasor_graph.local._server import SERVED_MODEL_NAME, free_port
 
-QUESTION = "Tom has 3 boxes with 4 apples in each box. How many apples does Tom have?"
-
-
-class FakeWorker:
-    """A vLLM stand-in on loopback: ``/health``, ``/v1/models``, and chat completions answered
-    by a :class:`Script` (reasoning tokens, then probe replies); logs each request's session."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.script = Script(probes=["5}"] * 1000)
-        self.sessions: list[str | None] = []
-        lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path.startswith("/v1/models"):
-                    self._send(200, {"object": "list", "data": [{"id": SERVED_NAME,
-                                                                 "object": "model"}]})
-                else:  # /health and whatever else the router asks
-                    self._send(200, {})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    self._send(404, {"message": f"no route {self.path}"})  # e.g. /tokenize
-                    return
-                with lock:
-                    outer.sessions.append(self.headers.get("X-Session-ID"))
-                    status, payload = outer.script.reply(body)
-                self._send(status, payload)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeWorker:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
 
 @pytest.fixture
-def workers() -> Iterator[tuple[FakeWorker, FakeWorker]]:
-    with FakeWorker("a") as a, FakeWorker("b") as b:
+def workers() -> Iterator[tuple[Worker, Worker]]:
+    with Worker("a") as a, Worker("b") as b:
         yield a, b
 
 
@@ -108,12 +48,12 @@ def chat(router: Router, session: str) -> None:
     response.raise_for_status()
 
 
-def served_by(workers: tuple[FakeWorker, ...], session: str) -> set[str]:
+def served_by(workers: tuple[Worker, ...], session: str) -> set[str]:
     return {w.name for w in workers for s in w.sessions if s == session}
 
 
 async def test_consistent_hash_keeps_each_session_and_program_on_one_worker(
-    workers: tuple[FakeWorker, FakeWorker],
+    workers: tuple[Worker, Worker],
 ) -> None:
     with Router([w.url for w in workers], policy="consistent_hash", startup_timeout_s=60) as router:
         sessions = [f"s{i}" for i in range(10)]
@@ -143,7 +83,7 @@ async def test_consistent_hash_keeps_each_session_and_program_on_one_worker(
 
 
 def test_round_robin_alternates_one_sessions_requests(
-    workers: tuple[FakeWorker, FakeWorker],
+    workers: tuple[Worker, Worker],
 ) -> None:
     with Router([w.url for w in workers], policy="round_robin", startup_timeout_s=60) as router:
         for _ in range(6):

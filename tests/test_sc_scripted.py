@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from conftest import assert_usage_matches
 from scripted_server import Script, ScriptedServer
 
 from dynasor_graph import CoTConfig, Endpoint, SCConfig, create_graph, create_sc
@@ -42,10 +43,6 @@ async def run(endpoint: Endpoint, cfg: SCConfig) -> tuple[dict[str, Any], list[d
     return result, scores
 
 
-def assert_usage_matches_server(result: dict[str, Any], script: Script) -> None:
-    assert result["usage"] == script.usage()
-
-
 def seeds_asked(script: Script) -> set[int]:
     return {e["body"]["seed"] for e in script.log}
 
@@ -59,7 +56,7 @@ async def test_exits_once_the_first_paths_agree_without_widening(
     assert len(result["paths"]) == 4 and seeds_asked(scripted.script) == {100, 101, 102, 103}
     assert [s["decision"] for s in scores] == ["continue", "exit"]  # 6 tokens = two chunks
     assert all(p["stop_reason"] == "finished" for p in result["paths"])
-    assert_usage_matches_server(result, scripted.script)
+    assert_usage_matches(result, scripted.script)
     assert result["budget_left"] == 16384 - result["usage"]["reasoning_tokens"] - result[
         "usage"]["probe_completion_tokens"]
 
@@ -75,7 +72,7 @@ async def test_cuts_a_path_still_reasoning_once_enough_paths_agree(
     assert [s["decision"] for s in scores] == ["exit"]
     long_path = result["paths"][2]
     assert long_path["decision"] == "continue" and long_path["usage"]["reasoning_tokens"] == 4
-    assert_usage_matches_server(result, scripted.script)
+    assert_usage_matches(result, scripted.script)
 
 
 async def test_widens_on_disagreement_and_stops_at_the_maximum_width(
@@ -87,7 +84,7 @@ async def test_widens_on_disagreement_and_stops_at_the_maximum_width(
     assert len(result["paths"]) == 8 and seeds_asked(scripted.script) == set(range(100, 108))
     assert result["stop_reason"] == "width" and result["certaindex"] == 0.0
     assert result["answer"] == "0"  # all differ: the first class seen wins the tie
-    assert_usage_matches_server(result, scripted.script)
+    assert_usage_matches(result, scripted.script)
 
 
 async def test_widening_stops_once_the_answers_settle(
@@ -116,7 +113,7 @@ async def test_total_budget_holds_and_paths_answer_with_their_last_probe(
     assert {p["stop_reason"] for p in result["paths"]} == {"budget"}
     assert {p["answer"] for p in result["paths"]} == {"0", "1"}
     assert result["stop_reason"] in {"budget", "width"}
-    assert_usage_matches_server(result, scripted.script)
+    assert_usage_matches(result, scripted.script)
 
 
 async def test_fixed_n_majority_is_the_same_graph_without_early_exit(

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import run_all, with_fields
 from scripted_server import Script, ScriptedServer
 
 from dynasor_graph import (
@@ -34,14 +35,6 @@ def scripts(server: ScriptedServer, **probes: str) -> dict[str, Script]:
     own = {question: Script(probes=[reply]) for question, reply in probes.items()}
     server.script.questions.update(own)
     return own
-
-
-async def run_all(scheduler: Scheduler, endpoint: Endpoint, config: CoTConfig,
-                  questions: list[str]) -> dict[str, ProgramResult]:
-    graph = create_cot(endpoint, config)
-    results = await asyncio.gather(*(scheduler.run(graph, {"question": q}, program_id=q)
-                                     for q in questions))
-    return {r.program_id: r for r in results}
 
 
 def completion_tokens(script: Script) -> int:
@@ -175,7 +168,7 @@ async def test_never_more_requests_in_flight_than_the_cap(
 ) -> None:
     script = Concurrency()
     with ScriptedServer(script) as server:
-        endpoint = scripted_endpoint.model_copy(update={"api_base": server.api_base})
+        endpoint = with_fields(scripted_endpoint, api_base=server.api_base)
         scheduler = Scheduler(SchedulerConfig(policy=policy, max_in_flight=3))
         config = CoTConfig(chunk_size=4, max_tokens=40, certainty_threshold=2)
         results = await run_all(scheduler, endpoint, config, [f"q{i}" for i in range(8)])

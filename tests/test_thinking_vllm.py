@@ -13,23 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from conftest import QUESTION, counters, exact_prompts, rendered_length, suffix_length
 
 from dynasor_graph import CoTConfig, Endpoint, SCConfig, create_cot, create_sc
-from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
 from dynasor_graph.eval import Problem
 from dynasor_graph.eval._metrics import counter_delta as delta
-from dynasor_graph.eval._metrics import server_counters
 from dynasor_graph.eval._traces import record_trace
 from dynasor_graph.local import SERVED_MODEL_NAME, LocalServer
 
 pytestmark = pytest.mark.vllm
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
-QUESTION = "Tom has 3 boxes with 4 apples in each box. How many apples does Tom have?"
 
 
 @pytest.fixture(scope="module", params=["deepseek_r1_distill", "qwen3"])
@@ -39,35 +36,6 @@ def templated(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
     server = LocalServer(extra_args=("--chat-template", str(template)))
     with server:
         yield Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base, timeout_s=300)
-
-
-def counters(endpoint: Endpoint) -> dict[str, float]:
-    return server_counters(endpoint.server_root)
-
-
-def rendered_length(endpoint: Endpoint, question: str = QUESTION) -> int:
-    body = {"model": endpoint.served_name, "add_generation_prompt": True,
-            "messages": [{"role": "user", "content": question}]}
-    return len(httpx.post(endpoint.server_root + "/tokenize", json=body, timeout=30)
-               .json()["tokens"])
-
-
-def suffix_length(endpoint: Endpoint) -> int:
-    body = {"model": endpoint.served_name, "prompt": DEFAULT_PROBE_SUFFIX,
-            "add_special_tokens": False}
-    return len(httpx.post(endpoint.server_root + "/tokenize", json=body, timeout=30)
-               .json()["tokens"])
-
-
-def exact_prompts(path: dict[str, Any], first: int, suffix: int) -> tuple[int, int]:
-    """The prompt tokens a token-exact path sends: reason chunk k starts where probe k-1 was
-    taken; probe j sends the first prompt, the reasoning so far and the suffix."""
-    probes = [p["tokens"] for p in path["probes"]]
-    chunk_starts = [0, *probes] if path["stop_reason"] in ("finished", "answered") else [
-        0, *probes[:-1]]
-    reason = sum(first + start for start in chunk_starts)
-    probe = sum(first + tokens + suffix for tokens in probes)
-    return reason, probe
 
 
 async def test_cot_continues_token_exactly_and_probes_hit_the_cache(

@@ -14,19 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import QUESTION, counters
 
 from dynasor_graph import CoTConfig, Endpoint, ServerRefused, create_cot
-from dynasor_graph.eval._metrics import server_counters
 
 pytestmark = pytest.mark.vllm
-
-QUESTION = "Tom has 3 boxes with 4 apples in each box. How many apples does Tom have?"
-
-
-def counters(endpoint: Endpoint) -> dict[str, float]:
-    """vLLM's token and prefix-cache counters, summed over label sets."""
-    return server_counters(endpoint.server_root)
-
 
 async def run(endpoint: Endpoint, config: CoTConfig, question: str = QUESTION) -> dict[str, Any]:
     return dict(await create_cot(endpoint, config).ainvoke({"question": question}))

@@ -13,11 +13,11 @@ Needs the ``local`` extra::
 
 from .._errors import LocalServerError
 from ._default import LOCAL_PORT, default_endpoint
+from ._model import ensure_model
 from ._server import (
     CLASSIFIER_MODEL_NAME,
     SERVED_MODEL_NAME,
     LocalServer,
-    ensure_model,
     free_port,
     serve_forever,
 )

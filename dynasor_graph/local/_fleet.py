@@ -24,12 +24,12 @@ from typing import IO
 
 from .._endpoint import Endpoint
 from .._errors import LocalServerError
+from ._model import cache_dir
 from ._server import (
     LocalServer,
     _die_with_parent,
     _tail,
     _terminate_group,
-    cache_dir,
     find_running,
     free_port,
 )

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import LocalServerError
-from ._server import (
+from ._model import (
     _INSTALL_LOCAL,
     _MARKER,
     MODEL_DIR_NAME,
