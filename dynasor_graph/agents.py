@@ -66,20 +66,17 @@ from langchain_core.messages import (
     RemoveMessage,
     SystemMessage,
     ToolMessage,
-    convert_to_openai_messages,
 )
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import MessagesState
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import Field
 
+from ._agent_probe import openai_messages, openai_tools, probe_prefix, probe_tokens, step_thinking
 from ._endpoint import Endpoint
-from ._http import post_json
 from ._probe import ProbeConfig, ask_probe, emit_probe_event
-from ._thinking import detect
-from ._token_route import render_chat, token_ids, tokenize
+from ._token_route import render_chat
 from .certaindex import Decision, StopReason, probe_agreement, route_on
 
 __all__ = [
@@ -246,62 +243,6 @@ def _savings(total: AgentUsage, at: AgentUsage) -> Savings:
                    net_tokens=model_tokens - probe_tokens)
 
 
-def _openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """The prompt as LiteLLM sends it: OpenAI dicts without the optional ``name`` fields, an
-    earlier step's thinking kept as ``reasoning_content`` (``ChatLiteLLM`` sends it back, and
-    a reasoning template such as Qwen3's renders it)."""
-    converted = convert_to_openai_messages(list(messages))
-    result = []
-    for message, openai in zip(messages, converted, strict=True):
-        entry = {k: v for k, v in openai.items() if k != "name"}
-        thinking = message.additional_kwargs.get("reasoning_content")
-        if isinstance(message, AIMessage) and isinstance(thinking, str) and thinking:
-            entry["reasoning_content"] = thinking
-        result.append(entry)
-    return result
-
-
-def step_thinking(ai: AIMessage) -> str:
-    """The thinking of a reasoning model's step, as the server's ``--reasoning-parser`` split
-    it off: ``additional_kwargs["reasoning_content"]`` (where ``ChatLiteLLM`` puts it) or
-    ``["reasoning"]``, else ``reasoning`` / ``thinking`` content blocks; ``""`` if none."""
-    for key in ("reasoning_content", "reasoning"):
-        value = ai.additional_kwargs.get(key)
-        if isinstance(value, str) and value.strip():
-            return value
-    if isinstance(ai.content, list):
-        return "".join(str(block.get(block["type"]) or "") for block in ai.content
-                       if isinstance(block, dict) and block.get("type") in ("reasoning",
-                                                                            "thinking"))
-    return ""
-
-
-def _probe_prefix(thinking: str, draft: str) -> str:
-    """The step's own text before the probe suffix: its thinking, then its draft, the probe
-    staying inside the thinking (none when the step wrote nothing)."""
-    return "".join(f"{part.rstrip()}\n\n" for part in (thinking, draft) if part.strip())
-
-
-async def _probe_tokens(endpoint: Endpoint, prompt_ids: Sequence[int], thinking: str,
-                        prefix: str) -> list[int]:
-    """The probe text's ids after the step's rendered prompt: the open-thinking marker first
-    when the model writes it itself (Qwen3) rather than the prompt (R1-Distill), so the probe
-    stays inside the thinking. Not cached: every step's thinking is new."""
-    if not prefix:
-        return []
-    fmt = await detect(endpoint)
-    if thinking and not fmt.plain:
-        marker = fmt.open_ids or await tokenize(endpoint, fmt.open)
-        tail = list(prompt_ids[-(len(marker) + 4):])
-        opened = any(tail[i:i + len(marker)] == list(marker) for i in range(len(tail)))
-        gap = "" if fmt.family in ("harmony", "mistral") else "\n"
-        prefix = prefix if opened else f"{fmt.open}{gap}{prefix}"
-    payload = await post_json(endpoint, "/tokenize", {
-        "model": endpoint.served_name, "prompt": prefix, "add_special_tokens": False},
-        admit=False)
-    return token_ids(payload, endpoint, "/tokenize")
-
-
 async def _advance(
     previous: EarlyStopReport | None,
     prompt: Sequence[BaseMessage],
@@ -327,10 +268,10 @@ async def _advance(
         return EarlyStopReport(certaindex=report["certaindex"], decision="exit",
                                stop_reason="finished", answer=ai.text, probes=report["probes"],
                                usage=usage, would_stop=would_stop, saved=saved)
-    chat, thinking = _openai_messages(prompt), step_thinking(ai)
-    prefix = _probe_prefix(thinking, ai.text)
+    chat, thinking = openai_messages(prompt), step_thinking(ai)
+    prefix = probe_prefix(thinking, ai.text)
     prompt_ids = await render_chat(endpoint, chat, tools)
-    generated = (await _probe_tokens(endpoint, prompt_ids, thinking, prefix)
+    generated = (await probe_tokens(endpoint, prompt_ids, thinking, prefix)
                  if prompt_ids is not None else [])
     reply = await ask_probe(endpoint, chat, prefix, settings, seed=settings.seed, tools=tools,
                             prompt_ids=prompt_ids, generated=generated)
@@ -377,10 +318,6 @@ def _stops_early(report: EarlyStopReport | None, messages: Sequence[AnyMessage])
             and isinstance(last, AIMessage) and bool(last.tool_calls))
 
 
-def _openai_tools(tools: Sequence[BaseTool | dict[str, Any]]) -> list[dict[str, Any]]:
-    return [convert_to_openai_tool(t) for t in tools]
-
-
 class EarlyStopMiddleware(AgentMiddleware[EarlyStopState, Any, Any]):
     """Ends a ``create_agent`` run once its probed answer has settled (see the module doc).
 
@@ -410,7 +347,7 @@ class EarlyStopMiddleware(AgentMiddleware[EarlyStopState, Any, Any]):
             prompt.insert(0, request.system_message)
         previous = cast("EarlyStopReport | None", request.state.get("early_stop"))
         report = await _advance(previous, prompt, ai,
-                                _openai_tools(request.tools), self.endpoint, self.settings)
+                                openai_tools(request.tools), self.endpoint, self.settings)
         return ExtendedModelResponse(model_response=response,
                                      command=Command(update={"early_stop": report}))
 
@@ -444,7 +381,7 @@ def early_stop_node(
     AI message for the final answer; route after it with :func:`early_stop_condition`.
     """
     settings = settings or EarlyStopConfig()
-    schemas = _openai_tools(tools)
+    schemas = openai_tools(tools)
 
     async def early_stop(state: AgentLoopState) -> dict[str, Any]:
         messages = state["messages"]

@@ -219,13 +219,17 @@ class ScriptedServer:
     """
 
     def __init__(self, script: Any = None, port: int = 0, *, token_api: bool = False,
-                 serialize: bool = False, opens_thinking: bool = False) -> None:
+                 serialize: bool = False, opens_thinking: bool = False,
+                 thinking_switch: bool = False) -> None:
         self.script = script or Script()
         self.vocab = VOCABULARY
         self.token_api = token_api
         # the generation prompt opens the thinking (``<think>\n``), as R1-Distill's template
         # does; else the model writes it, as Qwen3's does
         self.opens_thinking = opens_thinking
+        # thinking_switch: the template has Qwen3's ``enable_thinking`` (off renders an empty
+        # think block), so thinking-format detection can find the markers
+        self.thinking_switch = thinking_switch
         # serialize: one script reply at a time (a script that is not thread-safe under load);
         # off by default, so a script can observe how many requests are in flight
         self._reply_lock: threading.Lock | None = threading.Lock() if serialize else None
@@ -300,8 +304,11 @@ class ScriptedServer:
     def rendered(self, body: dict[str, Any]) -> str:
         """A chat request's ``messages`` and ``tools`` through this server's chat template."""
         opening = body.get("add_generation_prompt", True)
-        return render(body["messages"], body.get("tools"), opening) + (
-            "<think>\n" if opening and self.opens_thinking else "")
+        text = render(body["messages"], body.get("tools"), opening)
+        switch = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
+        if opening and self.thinking_switch and switch is False:
+            return text + "<think>\n\n</think>\n\n"  # as Qwen3's template switches it off
+        return text + ("<think>\n" if opening and self.opens_thinking else "")
 
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         """vLLM's ``/tokenize``: chat ``messages`` (and ``tools``) through :func:`render`, or

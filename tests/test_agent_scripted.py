@@ -338,7 +338,8 @@ def token_server(request: pytest.FixtureRequest) -> Iterator[tuple[Endpoint, Scr
     (``AgentScript``), ``/tokenize`` renders messages and tools (the generation prompt opens the
     thinking, as R1-Distill's does, or the model writes it, as Qwen3's does), and
     ``/v1/completions`` answers the probes."""
-    with ScriptedServer(AgentScript(), token_api=True, opens_thinking=request.param) as server:
+    with ScriptedServer(AgentScript(), token_api=True, opens_thinking=request.param,
+                        thinking_switch=True) as server:
         yield Endpoint(model="hosted_vllm/scripted", timeout_s=10, continuation="tokens",
                        api_base=server.api_base), server
 

@@ -40,8 +40,11 @@ async def test_exits_at_the_first_chunk_where_threshold_probes_agree(
     assert result["usage"]["probe_completion_tokens"] == 2 + 2 + 3 + 2 + 2 + 1
     assert_usage_matches(result, scripted.script)
     reasoning = "".join(f"r{i} " for i in range(60))
+    # the scripted template has no thinking format (detected through /tokenize): plain
+    # reasoning, so the early exit closes no thinking block, and the result says why
+    assert result["thinking_format"].startswith("plain reasoning")
     assert result["response"] == (
-        reasoning + "\n\n</think>\n\n**Final Answer**\n\n\\[ \\boxed{12} \\]"
+        reasoning + "\n\n**Final Answer**\n\n\\[ \\boxed{12} \\]"
     )
 
 
