@@ -342,6 +342,11 @@ class ScriptedServer:
         if open_turn:  # ids after the last <|assistant|>: how far the reply has got, in tokens
             opener = self.vocab.encode("<|assistant|>")[0]
             chat["_prefix_ids"] = len(ids) - 1 - max(i for i, t in enumerate(ids) if t == opener)
+            turn = messages[-1]
+            if self.opens_thinking and turn["content"].startswith("<think>\n"):
+                # the generation prompt's own opener is not the model's text
+                turn["content"] = turn["content"][len("<think>\n"):]
+                chat["_prefix_ids"] -= len(self.vocab.encode("<think>\n"))
         status, payload = self.reply(chat)
         if status != 200:
             return status, payload

@@ -24,7 +24,8 @@ from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
 
 @pytest.fixture
 def token_server() -> Iterator[tuple[Endpoint, ScriptedServer]]:
-    with ScriptedServer(Script(reasoning=[], probes=[]), token_api=True) as server:
+    with ScriptedServer(Script(reasoning=[], probes=[]), token_api=True,
+                        opens_thinking=True) as server:
         yield Endpoint(model="m", api_base=server.api_base, timeout_s=10,
                        continuation="tokens"), server
 
@@ -80,9 +81,11 @@ async def test_think_close_mid_chunk_stops_probing_and_answers_from_after_it(
     assert usage["answer_tokens"] == 4  # "\n\nThe ", "answer ", "is ", "\\boxed{12}."
     # Token-exact: each prompt is the rendered chat plus everything generated before it.
     suffix = len(re.findall(r"\S+\s*", DEFAULT_PROBE_SUFFIX))
-    assert [e["usage"]["prompt_tokens"] for e in script.log] == [4, 4 + 4 + suffix, 4 + 4, 4 + 8]
-    assert usage["reasoning_prompt_tokens"] == 4 + 8 + 12
-    assert usage["probe_prompt_tokens"] == 8 + suffix
+    rendered = 4 + 2  # the chat's 4 ids, then the generation prompt's "<think>", "\n"
+    assert [e["usage"]["prompt_tokens"] for e in script.log] == [
+        rendered, rendered + 4 + suffix, rendered + 4, rendered + 8]
+    assert usage["reasoning_prompt_tokens"] == 3 * rendered + 4 + 8
+    assert usage["probe_prompt_tokens"] == rendered + 4 + suffix
     assert counter.calls == (4 if client == "litellm+callback" else 0)
 
 
