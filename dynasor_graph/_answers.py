@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
 HESITATION_WORDS: tuple[str, ...] = ("wait", "hold", "but", "okay", "no", "hmm")
 """Words that mark a probe as not confident (the Dynasor reference list)."""
@@ -99,8 +100,11 @@ def _parse(answer: str) -> list[object]:
         return []
 
 
+@lru_cache(maxsize=8192)
 def equivalent(a: str, b: str) -> bool:
     """True when two answers are mathematically equal (math-verify), else by normal form.
+
+    Cached: a window of probes compares the same answers round after round.
 
     Empty answers are never equivalent to anything. When either side does not parse as
     mathematics, the normalised strings are compared instead.

@@ -33,6 +33,7 @@ from ._errors import EndpointError, EndpointUnreachable, ServerBusy, ServerRefus
 from ._http import shared_client
 from ._state import Usage
 from ._thinking import thinking_fields
+from ._transcript import generated_count
 
 OnTokens = Callable[[str, int], None]
 """Called with each piece of text as it is taken, and its number of tokens."""
@@ -328,7 +329,7 @@ def stream_key(state: Mapping[str, Any]) -> str:
 async def discard_stream(state: Mapping[str, Any], usage: Usage) -> Usage:
     """Close the chain's live stream (it stopped) and count what it received past the
     state's tokens as ``discarded_tokens``; ``usage`` itself if it had none."""
-    dropped = await close_stream(stream_key(state), position=len(state.get("token_ids", [])))
+    dropped = await close_stream(stream_key(state), position=generated_count(state))
     if not dropped:
         return usage
     return Usage(**{**usage, "discarded_tokens": usage.get("discarded_tokens", 0) + dropped})

@@ -183,13 +183,20 @@ def _with_command(messages: list[Message], command: str) -> list[Message]:
 
 
 def _find(ids: Sequence[int], marker: Sequence[int]) -> int:
-    """Where ``marker`` starts in ``ids``, or -1."""
-    n = len(marker)
-    target = list(marker)
-    for i in range(len(ids) - n + 1):
-        if list(ids[i:i + n]) == target:
+    """Where ``marker`` starts in ``ids``, or -1 (``list.index`` to each candidate: a scan at
+    C speed, since reasoning at scale holds tens of thousands of ids)."""
+    if not marker:
+        return -1
+    seq, target, n = (ids if isinstance(ids, list) else list(ids)), list(marker), len(marker)
+    start = 0
+    while True:
+        try:
+            i = seq.index(target[0], start)
+        except ValueError:
+            return -1
+        if seq[i:i + n] == target:
             return i
-    return -1
+        start = i + 1
 
 
 PROBE: list[Message] = [{"role": "user", "content": "What is 1 + 1?"}]

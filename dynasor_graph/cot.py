@@ -26,11 +26,12 @@ import math
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypedDict, cast
+from typing import Any, Literal, Protocol, TypedDict
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 from pydantic import Field
 
@@ -47,6 +48,7 @@ from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
 from ._stream import LiveStream, discard_stream, forget, live_stream, resubmit, stream_key
 from ._thinking import ThinkingFormat, detect
 from ._token_route import extend, render_chat
+from ._transcript import Log, LogRef, add_chunk, add_probe, forget_log, logged, read_log
 from .certaindex import Decision, StopReason, cot_certaindex, route_on
 
 __all__ = [
@@ -174,7 +176,11 @@ class CoTState(CoTInput, CoTOutput, total=False):
     the path's confidence (:func:`path_confidence`, DeepConf's average trace confidence)."""
     session_id: str
     """The program's key (a uuid4 hex made in ``prepare`` unless given): its live stream's
-    key in the per-process registry (overlapped probing)."""
+    key in the per-process registry (overlapped probing), and its reasoning log's."""
+    log: LogRef
+    """Where the program's reasoning log is when the graph has a LangGraph store: then
+    ``token_ids`` and ``reasoning`` stay empty and ``probes`` holds the last
+    ``certainty_threshold`` until ``finish`` writes them all (:mod:`._transcript`)."""
 
 
 class Node(Protocol):
@@ -214,9 +220,9 @@ def answer_tokens(before: str, chunk: Completion, fmt: ThinkingFormat,
     return fmt.answer_tokens(before, before_ids, chunk)
 
 
-def _ids(state: CoTState) -> list[int] | None:
+def _ids(state: CoTState, log: Log) -> list[int] | None:
     """The program's generated ids in token mode (``None`` in text mode)."""
-    return state.get("token_ids", []) if state.get("prompt_ids") is not None else None
+    return log.ids if state.get("prompt_ids") is not None else None
 
 
 def token_cap(state: CoTState, config: CoTConfig) -> int:
@@ -247,43 +253,43 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
 
     async def reason(state: CoTState) -> dict[str, Any]:
         usage = state["usage"].copy()
+        log = await read_log(state)
         remaining = token_cap(state, config) - usage["reasoning_tokens"]
         if (config.probing == "overlapped" and state.get("prompt_ids") is not None
                 and state.get("session_id")):  # token mode, and a key for the live stream
-            chunk = await _take(endpoint, config, state, usage, min(config.chunk_size, remaining))
+            chunk = await _take(endpoint, config, state, log, usage,
+                                min(config.chunk_size, remaining))
         else:
             chunk = await extend(
-                endpoint, state["chat"], state.get("prompt_ids"), state.get("token_ids", []),
-                state["reasoning"], max_tokens=min(config.chunk_size, remaining),
+                endpoint, state["chat"], state.get("prompt_ids"), log.ids, log.text,
+                max_tokens=min(config.chunk_size, remaining),
                 temperature=config.temperature, top_p=config.top_p,
                 seed=state.get("seed", config.seed))
-        reasoning = state["reasoning"]
         usage["reasoning_tokens"] += chunk.completion_tokens
         usage["reasoning_prompt_tokens"] += chunk.prompt_tokens
         fmt = await detect(endpoint)
-        usage["answer_tokens"] += answer_tokens(reasoning, chunk, fmt, _ids(state))
-        reasoning += chunk.text
-        update: dict[str, Any] = {"reasoning": reasoning, "usage": usage,
-                                  "token_ids": [*state.get("token_ids", []), *chunk.token_ids],
-                                  "chunk_start": len(state["reasoning"])}
+        usage["answer_tokens"] += answer_tokens(log.text, chunk, fmt, _ids(state, log))
+        start = len(log.text)
+        added, log = await add_chunk(state, log, chunk.token_ids, chunk.text, stream_key(state))
+        update: dict[str, Any] = {**added, "usage": usage, "chunk_start": start}
         if chunk.token_logprobs:
             update["logprob_sum"] = state.get("logprob_sum", 0.0) + sum(chunk.token_logprobs)
             update["logprob_tokens"] = state.get("logprob_tokens", 0) + len(chunk.token_logprobs)
         if chunk.finish_reason != "length":  # the model ended its turn by itself
-            closed = thinking_closed(reasoning, fmt, _ids(cast(CoTState, {**state, **update})))
+            closed = thinking_closed(log.text, fmt, _ids(state, log))
             update.update(decision="exit", stop_reason="answered" if closed else "finished")
         return update
 
     return reason
 
 
-async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, usage: Usage,
-                n: int) -> Completion:
+async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, log: Log,
+                usage: Usage, n: int) -> Completion:
     """The chain's next ``n`` tokens from its live stream, opened (or re-opened token-exactly
     from the state's ids: after a resume, a retry, or every ``resubmit_every`` chunks) as one
     request reaching the budget; what a replaced stream received past the state is counted
     in ``usage["discarded_tokens"]``."""
-    key, generated = stream_key(state), state.get("token_ids", [])
+    key, generated = stream_key(state), log.ids
 
     async def open_stream() -> tuple[LiveStream, int]:
         return await live_stream(
@@ -322,18 +328,18 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
 
     async def probe(state: CoTState) -> dict[str, Any]:
         usage = state["usage"].copy()
+        log = await read_log(state)
         spent = usage["reasoning_tokens"] >= config.max_tokens
-        if thinking_closed(state["reasoning"], await detect(endpoint), _ids(state)):
+        if thinking_closed(log.text, await detect(endpoint), _ids(state, log)):
             # The model closed its thinking and is writing its answer: nothing left to probe.
             decision, stop_reason = route_on(0.0, stops=[("budget", spent)])
             return {"decision": decision, "stop_reason": stop_reason}
         if config.probe_at == "transitions" and not spent and not crossed_transition(
-                state["reasoning"], state.get("chunk_start", 0), config.transition_markers):
+                log.text, state.get("chunk_start", 0), config.transition_markers):
             return {"decision": "continue", "stop_reason": None}  # no turn yet: reason on
-        reply = await ask_probe(endpoint, state["chat"], state["reasoning"], config,
+        reply = await ask_probe(endpoint, state["chat"], log.text, config,
                                 seed=state.get("seed", config.seed),
-                                prompt_ids=state.get("prompt_ids"),
-                                generated=state.get("token_ids", []))
+                                prompt_ids=state.get("prompt_ids"), generated=log.ids)
         usage["probe_prompt_tokens"] += reply.completion.prompt_tokens
         usage["probe_completion_tokens"] += reply.completion.completion_tokens
         if config.min_probe_confidence is not None and reply.confidence is None:
@@ -341,17 +347,16 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
                              "token-exact continuation (/v1/completions), not text mode")
         record = Probe(tokens=usage["reasoning_tokens"], answer=reply.answer,
                        confident=reply.confident, text=reply.text, confidence=reply.confidence)
-        probes = [*state["probes"], record]
-        certaindex = cot_certaindex(probes, config.certainty_threshold,
-                                    config.min_probe_confidence)
+        certaindex = cot_certaindex([*log.probes[-config.certainty_threshold:], record],
+                                    config.certainty_threshold, config.min_probe_confidence)
         decision, stop_reason = route_on(certaindex if early_exit else 0.0,
                                          stops=[("budget", spent)])
         if decision == "exit":  # stop the live stream now, not a superstep later
             usage = await discard_stream(state, usage)
         emit_probe_event(reply, certaindex, decision, tokens=record["tokens"],
-                         chars=len(state["reasoning"]))
+                         chars=len(log.text))
         return {
-            "probes": probes,
+            **await add_probe(state, log, record, config.certainty_threshold),
             "usage": usage,
             "certaindex": certaindex,
             "decision": decision,
@@ -367,18 +372,22 @@ def finish_node(endpoint: Endpoint) -> Node:
     thinking, so the response reads as the model's would."""
 
     async def finish(state: CoTState) -> dict[str, Any]:
-        reasoning, fmt = state["reasoning"], await detect(endpoint)
+        log, fmt = await read_log(state), await detect(endpoint)
+        reasoning = log.text
         usage = await discard_stream(state, state["usage"])  # overlapped: close what still runs
-        ended = {"usage": usage} if usage is not state["usage"] else {}
+        ended: dict[str, Any] = {"usage": usage} if usage is not state["usage"] else {}
+        if logged(state):  # the whole history, once, for the caller
+            ended["probes"] = list(log.probes)
+            forget_log(state)
         if state.get("stop_reason") in ("finished", "answered") or thinking_closed(
-                reasoning, fmt, _ids(state)):  # finished, or cut short while answering
+                reasoning, fmt, _ids(state, log)):  # finished, or cut short while answering
             answer = final_answer(after_thinking(reasoning, fmt))
             return {"answer": answer, "response": reasoning, "decision": "exit", **ended}
-        probes = state["probes"]
+        probes = log.probes
         answer = probes[-1]["answer"] if probes else ""
         response = reasoning
         if answer:  # closed the family's way (its close marker, its answer section)
-            before, after = fmt.closing(reasoning, _ids(state))
+            before, after = fmt.closing(reasoning, _ids(state, log))
             response = f"{reasoning}{before}{FINAL_ANSWER_HEADER}{answer}}} \\]{after}"
         return {"answer": answer, "response": response, "decision": "exit", **ended}
 
@@ -398,6 +407,7 @@ def create_cot(
     effort: Effort | None = None,
     early_exit: bool = True,
     checkpointer: Checkpointer = None,
+    store: BaseStore | None = None,
     name: str = "dynasor_cot",
 ) -> CompiledStateGraph[CoTState, None, CoTInput, CoTOutput]:
     """Build the Dynasor-CoT graph.
@@ -409,6 +419,10 @@ def create_cot(
         early_exit: ``False`` probes after every chunk but never stops on the Certaindex
             (the token-deprivation run ``record`` makes).
         checkpointer: LangGraph checkpointer for durable, resumable runs.
+        store: LangGraph store for the reasoning log: with one, each chunk and probe is
+            written once (checkpoint bytes linear in the reasoning's length); without, the
+            log is the state (:mod:`dynasor_graph._transcript`). A graph used as a node of a
+            parent uses the parent's store.
         name: the graph's name (in Studio and as a subgraph).
 
     Returns:
@@ -438,7 +452,7 @@ def create_cot(
     builder.add_conditional_edges("probe", certaindex_condition,
                                   {"continue": "reason", "exit": "finish"})
     builder.add_edge("finish", END)
-    graph = builder.compile(checkpointer=checkpointer, name=name)
+    graph = builder.compile(checkpointer=checkpointer, store=store, name=name)
     # A full-budget run takes two supersteps a chunk: more than LangGraph's default limit of 25.
     return graph.with_config(recursion_limit=recursion_limit(config))
 

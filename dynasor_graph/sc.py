@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer, Send
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -154,6 +155,7 @@ def create_sc(
     config: SCConfig | None = None,
     *,
     checkpointer: Checkpointer = None,
+    store: BaseStore | None = None,
     name: str = "dynasor_sc",
 ) -> CompiledStateGraph[SCState, None, CoTInput, SCOutput]:
     """Build the self-consistency graph: Dynasor-CoT paths, widened while they disagree.
@@ -163,6 +165,8 @@ def create_sc(
         config: paths (each a :class:`CoTConfig`), widths, the answer-entropy threshold and
             the total token budget; default :class:`SCConfig`.
         checkpointer: LangGraph checkpointer for durable, resumable runs.
+        store: LangGraph store for the paths' reasoning logs (see :func:`create_cot`): with
+            one, checkpoint bytes grow linearly in the paths' reasoning.
         name: the graph's name (in Studio and as a subgraph).
 
     Returns:
@@ -249,7 +253,7 @@ def create_sc(
     )
     builder.add_conditional_edges("add_paths", run_paths, ["step"])
     builder.add_edge("finish", END)
-    graph = builder.compile(checkpointer=checkpointer, name=name)
+    graph = builder.compile(checkpointer=checkpointer, store=store, name=name)
     chunks = -(-config.path.max_tokens // config.path.chunk_size)
     widenings = -(-(config.max_width - config.width) // config.widen_by)
     return graph.with_config(recursion_limit=3 * chunks * (widenings + 1) + 10)
