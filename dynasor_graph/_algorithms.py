@@ -11,6 +11,7 @@ from typing import Any, Literal, cast, get_args, overload
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
 from langgraph.types import Checkpointer
 from pydantic import BaseModel
 
@@ -33,12 +34,12 @@ CONFIGS: dict[Algorithm, type[BaseModel]] = {
 @overload
 def create_graph(
     algorithm: Literal["cot"], endpoint: Endpoint, config: CoTConfig | None = None, *,
-    reward: None = None, checkpointer: Checkpointer = None,
+    reward: None = None, checkpointer: Checkpointer = None, store: BaseStore | None = None,
 ) -> CompiledStateGraph[CoTState, None, CoTInput, CoTOutput]: ...
 @overload
 def create_graph(
     algorithm: Literal["sc"], endpoint: Endpoint, config: SCConfig | None = None, *,
-    reward: None = None, checkpointer: Checkpointer = None,
+    reward: None = None, checkpointer: Checkpointer = None, store: BaseStore | None = None,
 ) -> CompiledStateGraph[SCState, None, CoTInput, SCOutput]: ...
 @overload
 def create_graph(
@@ -54,6 +55,7 @@ def create_graph(
 def create_graph(
     algorithm: Algorithm, endpoint: Endpoint, config: BaseModel | None = None, *,
     reward: RewardModel | None = None, checkpointer: Checkpointer = None,
+    store: BaseStore | None = None,
 ) -> CompiledStateGraph[Any, None, CoTInput, Any]: ...
 def create_graph(
     algorithm: Algorithm,
@@ -62,6 +64,7 @@ def create_graph(
     *,
     reward: RewardModel | None = None,
     checkpointer: Checkpointer = None,
+    store: BaseStore | None = None,
 ) -> CompiledStateGraph[Any, None, CoTInput, Any]:
     """The graph of ``algorithm``.
 
@@ -72,6 +75,8 @@ def create_graph(
             ``RebaseConfig``); default settings if ``None``.
         reward: the tree searches' reward model (default: an LLM judge on ``endpoint``).
         checkpointer: LangGraph checkpointer for durable runs.
+        store: LangGraph store for the reasoning log of ``cot`` and ``sc`` (checkpoint bytes
+            linear in the reasoning's length); the tree searches take none.
 
     Returns:
         The compiled graph; a wrong config class or a reward for CoT/SC is a ``ValueError``.
@@ -86,10 +91,12 @@ def create_graph(
         raise ValueError(f"{algorithm} takes a {wanted.__name__}, not {type(config).__name__}")
     if reward is not None and algorithm in ("cot", "sc"):
         raise ValueError(f"{algorithm} takes no reward model")
+    if store is not None and algorithm not in ("cot", "sc"):
+        raise ValueError(f"{algorithm} takes no store (the reasoning log is cot's and sc's)")
     if isinstance(config, CoTConfig) or (config is None and algorithm == "cot"):
-        return create_cot(endpoint, config, checkpointer=checkpointer)
+        return create_cot(endpoint, config, checkpointer=checkpointer, store=store)
     if isinstance(config, SCConfig) or (config is None and algorithm == "sc"):
-        return create_sc(endpoint, config, checkpointer=checkpointer)
+        return create_sc(endpoint, config, checkpointer=checkpointer, store=store)
     judge = reward or JudgeReward(endpoint)
     if isinstance(config, MCTSConfig) or (config is None and algorithm == "mcts"):
         return create_mcts(endpoint, judge, config, checkpointer=checkpointer)

@@ -89,15 +89,16 @@ def normalize(answer: str) -> str:
     return answer
 
 
-def _parse(answer: str) -> list[object]:
+@lru_cache(maxsize=8192)
+def _parse(answer: str) -> tuple[object, ...]:
     from math_verify import parse  # lazy: sympy-heavy import
 
     # parsing_timeout=None: math-verify's timeout uses SIGALRM, which fails outside the main
     # thread (LangGraph runs sync work in executors); inputs are short, so the cost is bounded.
     try:
-        return list(parse(f"\\boxed{{{answer}}}", parsing_timeout=None))
+        return tuple(parse(f"\\boxed{{{answer}}}", parsing_timeout=None))
     except Exception:  # math-verify raises many types on odd LaTeX; any failure = unparsed
-        return []
+        return ()
 
 
 @lru_cache(maxsize=8192)
@@ -120,8 +121,8 @@ def equivalent(a: str, b: str) -> bool:
 
     try:
         return bool(
-            verify(parsed_a, parsed_b, timeout_seconds=None)
-            and verify(parsed_b, parsed_a, timeout_seconds=None)
+            verify(list(parsed_a), list(parsed_b), timeout_seconds=None)
+            and verify(list(parsed_b), list(parsed_a), timeout_seconds=None)
         )
     except Exception:
         return False

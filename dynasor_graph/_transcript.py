@@ -122,7 +122,8 @@ async def add_chunk(state: Mapping[str, Any], log: Log, ids: Sequence[int],
     log.ids.extend(ids)
     log.text += text
     _move(ref["head"], head, log)
-    return {"log": LogRef(key=ref["key"], head=head, tokens=ref["tokens"] + len(ids),
+    return {"chunk": text,  # what a viewer of the state (Studio) sees the reasoning grow by
+            "log": LogRef(key=ref["key"], head=head, tokens=ref["tokens"] + len(ids),
                           chars=ref["chars"] + len(text), probes=ref["probes"])}, log
 
 

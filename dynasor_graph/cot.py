@@ -181,6 +181,8 @@ class CoTState(CoTInput, CoTOutput, total=False):
     """Where the program's reasoning log is when the graph has a LangGraph store: then
     ``token_ids`` and ``reasoning`` stay empty and ``probes`` holds the last
     ``certainty_threshold`` until ``finish`` writes them all (:mod:`._transcript`)."""
+    chunk: str
+    """With a store: the latest chunk's text (the state shows the reasoning as it grows)."""
 
 
 class Node(Protocol):
