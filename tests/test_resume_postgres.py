@@ -1,6 +1,7 @@
 """Durable runs across processes: a worker process runs Dynasor-CoT on the real local vLLM with
 its checkpoints in a real PostgreSQL server, is SIGKILLed mid-run, and a *different* process
-resumes the same thread to the end.
+resumes the same thread to the end: with the reasoning log kept in the state, and kept in a
+PostgreSQL store (``AsyncPostgresStore``: the resuming process rebuilds it from the store).
 
 What is compared: vLLM's own ``vllm:prompt_tokens_total`` and ``vllm:generation_tokens_total``,
 read before the first worker starts, after it is killed (once the server runs no request) and
@@ -12,7 +13,7 @@ spent on the server but never reported to any client. The resumed run also equal
 uninterrupted one (seeded sampling).
 
 Run as a script, this file is the worker: ``python test_resume_postgres.py first|resume URI
-API_BASE THREAD``.
+API_BASE THREAD state|store``.
 """
 
 from __future__ import annotations
@@ -39,17 +40,21 @@ KILL_AFTER_PROBES = 2
 PAUSED = "paused"
 
 
-async def _worker(mode: str, uri: str, api_base: str, thread_id: str) -> None:
+async def _worker(mode: str, uri: str, api_base: str, thread_id: str, log: str) -> None:
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    from langgraph.store.postgres.aio import AsyncPostgresStore
 
     from dynasor_graph.local._server import SERVED_MODEL_NAME
 
     endpoint = Endpoint(model=f"hosted_vllm/{SERVED_MODEL_NAME}", api_base=api_base,
                         timeout_s=300, max_retries=1)
     thread: Any = {"configurable": {"thread_id": thread_id}}
-    async with AsyncPostgresSaver.from_conn_string(uri) as saver:
+    async with (AsyncPostgresSaver.from_conn_string(uri) as saver,
+                AsyncPostgresStore.from_conn_string(uri) as store):
         await saver.setup()
-        graph = create_cot(endpoint, CONFIG, checkpointer=saver)
+        await store.setup()
+        graph = create_cot(endpoint, CONFIG, checkpointer=saver,
+                           store=store if log == "store" else None)
         if mode == "resume":
             result = await graph.ainvoke(None, thread)
             print(json.dumps({"pid": os.getpid(), **{key: result[key] for key in (
@@ -68,7 +73,7 @@ async def _worker(mode: str, uri: str, api_base: str, thread_id: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_worker(*sys.argv[1:5]))
+    asyncio.run(_worker(*sys.argv[1:6]))
     sys.exit(0)
 
 
@@ -78,9 +83,10 @@ from pg_server import PostgresUnavailable, temp_postgres  # noqa: E402
 pytestmark = pytest.mark.vllm
 
 
-def worker(mode: str, uri: str, endpoint: Endpoint, thread_id: str) -> subprocess.Popen[str]:
+def worker(mode: str, uri: str, endpoint: Endpoint, thread_id: str,
+           log: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, __file__, mode, uri, endpoint.api_base, thread_id],
+        [sys.executable, __file__, mode, uri, endpoint.api_base, thread_id, log],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent)
 
 
@@ -113,16 +119,17 @@ def _drain(process: subprocess.Popen[str]) -> str:
     return err[-3000:]
 
 
+@pytest.mark.parametrize("log", ["state", "store"])
 async def test_a_killed_worker_process_resumes_in_another_process_through_postgres(
-    local_vllm: Endpoint, postgres: str,
+    local_vllm: Endpoint, postgres: str, log: str,
 ) -> None:
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-    thread_id = "killed-worker"
+    thread_id = f"killed-worker-{log}"
     thread: Any = {"configurable": {"thread_id": thread_id}}
     wait_idle(local_vllm)
     start = counters(local_vllm)
-    first = worker("first", postgres, local_vllm, thread_id)
+    first = worker("first", postgres, local_vllm, thread_id, log)
     try:
         assert first.stdout is not None
         nodes: list[str] = []
@@ -144,6 +151,7 @@ async def test_a_killed_worker_process_resumes_in_another_process_through_postgr
                     break
                 assert time.monotonic() < deadline, f"probe writes never stored: {paused}"
                 await asyncio.sleep(0.1)
+        assert (paused.values.get("log") is not None) == (log == "store")  # where the log is
         first.send_signal(signal.SIGKILL)
         assert first.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -155,7 +163,7 @@ async def test_a_killed_worker_process_resumes_in_another_process_through_postgr
     first_life = spent(start, middle)
     assert first_life[0] > 0
 
-    second = worker("resume", postgres, local_vllm, thread_id)
+    second = worker("resume", postgres, local_vllm, thread_id, log)
     out, err = await asyncio.to_thread(second.communicate, None, 600)
     assert second.returncode == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
