@@ -23,6 +23,7 @@ quadratic in bytes. :func:`read_log` and :func:`add_chunk` / :func:`add_probe` h
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -154,8 +155,12 @@ def forget_log(state: Mapping[str, Any]) -> None:
         _CACHE.pop(ref["head"], None)
 
 
+_KEYS = itertools.count()
+_PROCESS = uuid.uuid4().hex[:16]  # item keys: this process's random prefix and a counter
+
+
 async def _put(store: BaseStore, ref: LogRef, value: dict[str, Any]) -> str:
-    head = uuid.uuid4().hex
+    head = f"{_PROCESS}-{next(_KEYS):x}"
     await store.aput(_namespace(ref["key"]), head, {"parent": ref["head"], **value},
                      index=False)
     return head
