@@ -3,9 +3,11 @@
 - :class:`Endpoint` says where the server is and how to talk to it (validated; the key is a
   ``SecretStr``).
 - :data:`admission` and :data:`request_tags` are the per-program hooks a scheduler installs
-  (see :class:`~dynasor_graph.Scheduler`): every call is admitted and tagged through them, and
-  :func:`session_headers` gives every request of one program the same session key. The routes
-  know nothing of scheduling policies.
+  (see :class:`~dynasor_graph.Scheduler`): every call is admitted and tagged through them. The
+  routes know nothing of scheduling policies.
+- :func:`session_headers` gives every request of one program the same session key: the
+  thread's id, else the program's own ``session_id``, which :func:`keyed` nodes set for the
+  requests they send.
 - :class:`Completion` is what every route returns: text, stop reason and the server's counts.
 
 The routes themselves: ``_token_route`` (``/tokenize`` + ``/v1/completions``, token-exact; the
@@ -15,11 +17,14 @@ default on vLLM), ``_text_route`` (chat completions continuing the assistant tur
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 import os
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from langgraph.types import RetryPolicy
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -176,15 +181,65 @@ class Completion:
         return sum(1 for offset in self.token_offsets if offset < position)
 
 
-def session_headers() -> dict[str, str]:
-    """``X-Session-ID: <thread_id>`` inside a LangGraph run that has a thread: every request
-    of one program carries the same key, so vllm-router (``--policy consistent_hash``) sends
-    them all to the replica that holds the program's prefix in cache."""
+program_session: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "dynasor_program_session", default=None)
+"""The session key of the program whose node is running here (its state's ``session_id``),
+set by :func:`keyed` for the node's duration."""
+
+N = TypeVar("N", bound=Callable[[Any], Awaitable[Any]])
+
+
+def new_session_id() -> str:
+    """A fresh program key: a uuid4 hex."""
+    return uuid.uuid4().hex
+
+
+@contextlib.contextmanager
+def program_key(key: str | None) -> Iterator[None]:
+    """Within the block, ``key`` is the running program's session key (an empty key keeps the
+    enclosing one)."""
+    token = program_session.set(key or program_session.get())
+    try:
+        yield
+    finally:
+        program_session.reset(token)
+
+
+def keyed(node: N, *, start: bool = False) -> N:
+    """``node`` run with its program's key (the state's ``session_id``) as the session key of
+    every request it sends, and of the tasks it starts (a live stream). ``start=True`` is for a
+    program's first node (``prepare``): a state without a key gets a new one, which that node
+    keeps in the state, so every later node, and a resume, reads the same key."""
+
+    @functools.wraps(node)
+    async def run(state: Any) -> Any:
+        key = state.get("session_id") if isinstance(state, Mapping) else None
+        if start and not key:
+            key = new_session_id()
+            state = {**state, "session_id": key}
+        with program_key(key):
+            return await node(state)
+
+    return cast(N, run)
+
+
+def session_key() -> str | None:
+    """The key that keeps the running program on one replica: the LangGraph thread's id when
+    the run has one (a durable thread: a resumed run and every later turn of the thread keep
+    it, and share its prefix), else the program's own key (:data:`program_session`), else
+    ``None`` (a call outside any program)."""
     from langgraph.config import get_config
 
     try:
-        configurable = get_config().get("configurable") or {}
+        thread = (get_config().get("configurable") or {}).get("thread_id")
     except RuntimeError:  # not inside a graph run
-        return {}
-    thread = configurable.get("thread_id")
-    return {"X-Session-ID": str(thread)} if thread else {}
+        thread = None
+    return str(thread) if thread else program_session.get()
+
+
+def session_headers() -> dict[str, str]:
+    """``X-Session-ID: <key>`` (:func:`session_key`) on every request of one program, so
+    vllm-router (``--policy consistent_hash``) sends them all to the replica that holds the
+    program's prefix in cache; none outside a program."""
+    key = session_key()
+    return {"X-Session-ID": key} if key else {}

@@ -12,7 +12,7 @@ import asyncio
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._endpoint import Endpoint, admitted
+from ._endpoint import Endpoint, admitted, session_headers
 from ._errors import EndpointUnreachable, ServerBusy, ServerRefused, body_message
 
 if TYPE_CHECKING:
@@ -61,11 +61,13 @@ async def post_json(endpoint: Endpoint, path: str, body: dict[str, Any], *,
                     admit: bool = True) -> dict[str, Any]:
     """POST ``body`` to vLLM's own ``path`` (e.g. ``/classify``) with the endpoint's key and
     timeout, through the admission hook unless ``admit=False`` (``/tokenize`` runs no model);
-    the JSON answer, or an :class:`~dynasor_graph.EndpointError`."""
+    the JSON answer, or an :class:`~dynasor_graph.EndpointError`. It carries the running
+    program's session header, as its generations do."""
     import httpx
 
     url = endpoint.server_root + path
-    headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}"}
+    headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}",
+               **session_headers()}
     request = shared_client().post(url, json=body, headers=headers, timeout=endpoint.timeout_s)
     try:
         response = await (admitted(0, request) if admit else request)

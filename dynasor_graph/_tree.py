@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._answers import final_answer
 from ._compat import renamed_fields
-from ._endpoint import Endpoint, retry_policy
+from ._endpoint import Endpoint, keyed, new_session_id, retry_policy
 from ._state import (
     CoTInput,
     MultiPathOutput,
@@ -108,6 +108,9 @@ class TreeState(CoTInput, TreeOutput, total=False):
     focus: int
     frontier: list[int]
     width: int
+    session_id: str
+    """The program's key (a uuid4 hex made in ``prepare``): the ``X-Session-ID`` of every
+    step and reward request when the run has no thread."""
 
 
 def new_node(node_id: int, parent: TreeNode | None, text: str = "") -> TreeNode:
@@ -120,7 +123,7 @@ def new_node(node_id: int, parent: TreeNode | None, text: str = "") -> TreeNode:
 
 async def start(state: TreeState, endpoint: Endpoint, config: TreeConfig) -> dict[str, Any]:
     """The state of a fresh search: the chat (rendered once), a root node, zero usage, the
-    whole budget."""
+    whole budget, and the program's key (``prepare``'s :func:`~._endpoint.keyed` made it)."""
     fmt = await detect(endpoint)
     chat = fmt.chat(endpoint, chat_messages(state, config.system_prompt))
     return {"chat": chat, "prompt_ids": await render_chat(endpoint, chat),
@@ -128,7 +131,8 @@ async def start(state: TreeState, endpoint: Endpoint, config: TreeConfig) -> dic
             "nodes": [new_node(0, None)],
             "usage": empty_usage(), "certaindex": 0.0, "decision": "continue",
             "stop_reason": None, "answer": "", "budget_left": config.token_budget,
-            "focus": 0, "frontier": [0], "width": config.width}
+            "focus": 0, "frontier": [0], "width": config.width,
+            "session_id": state.get("session_id") or new_session_id()}
 
 
 def path_text(nodes: list[TreeNode], node_id: int) -> str:
@@ -182,7 +186,8 @@ def expansions(state: TreeState, plan: list[tuple[int, int]], config: TreeConfig
             sends.append(Send("expand", {"chat": state["chat"], "parent": by_id[parent_id],
                                          "prompt_ids": state.get("prompt_ids"),
                                          "prefix": prefix, "prefix_ids": prefix_ids,
-                                         "id": next_id, "max_tokens": share}))
+                                         "id": next_id, "max_tokens": share,
+                                         "session_id": state.get("session_id", "")}))
             next_id += 1
     return sends
 
@@ -207,7 +212,7 @@ def expand_node(endpoint: Endpoint, config: TreeConfig) -> Any:
         node["usage"]["reasoning_prompt_tokens"] = step.prompt_tokens
         return {"nodes": [node]}
 
-    return expand
+    return keyed(expand)
 
 
 def evaluate_node(reward: RewardModel, config: TreeConfig) -> Any:
@@ -231,7 +236,7 @@ def evaluate_node(reward: RewardModel, config: TreeConfig) -> Any:
         return {"nodes": scored, "usage": usage,
                 "budget_left": config.token_budget - usage["reasoning_tokens"]}
 
-    return evaluate
+    return keyed(evaluate)
 
 
 def tree_certaindex(
@@ -279,7 +284,7 @@ def search_builder(
     name, node = decide_node
     retry = retry_policy(endpoint)
     builder = StateGraph(TreeState, input_schema=CoTInput, output_schema=TreeOutput)
-    builder.add_node("prepare", prepare, retry_policy=retry)
+    builder.add_node("prepare", keyed(prepare, start=True), retry_policy=retry)
     builder.add_node("expand", expand_node(endpoint, config), retry_policy=retry)
     builder.add_node("evaluate", evaluate_node(reward, config), retry_policy=retry)
     builder.add_node(name, node)

@@ -74,7 +74,7 @@ from langgraph.types import Command
 from pydantic import Field
 
 from ._agent_probe import openai_messages, openai_tools, probe_prefix, probe_tokens, step_thinking
-from ._endpoint import Endpoint
+from ._endpoint import Endpoint, new_session_id, program_key, session_headers
 from ._probe import ProbeConfig, ask_probe, emit_probe_event
 from ._token_route import render_chat
 from .certaindex import Decision, StopReason, probe_agreement, route_on
@@ -178,6 +178,10 @@ class EarlyStopReport(TypedDict):
     usage: AgentUsage
     would_stop: WouldStop | None
     saved: Savings | None
+    session_id: str
+    """The run's key (a uuid4 hex made at its first step, kept by later runs of the same
+    state): the ``X-Session-ID`` of its probes, and of the model's own calls under the
+    middleware, when the run has no thread."""
 
 
 class EarlyStopState(AgentState[Any]):
@@ -203,9 +207,15 @@ def _empty_usage() -> AgentUsage:
                       model_completion_tokens=0, probe_prompt_tokens=0, probe_completion_tokens=0)
 
 
-def _new_report() -> EarlyStopReport:
+def _new_report(session_id: str) -> EarlyStopReport:
     return EarlyStopReport(certaindex=0.0, decision="continue", stop_reason=None, answer="",
-                           probes=[], usage=_empty_usage(), would_stop=None, saved=None)
+                           probes=[], usage=_empty_usage(), would_stop=None, saved=None,
+                           session_id=session_id)
+
+
+def _session_id(report: EarlyStopReport | None) -> str:
+    """The key of the run ``report`` belongs to: its own, or a new one for a first step."""
+    return (report.get("session_id") if report else None) or new_session_id()
 
 
 def _this_run(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
@@ -250,11 +260,13 @@ async def _advance(
     tools: Sequence[dict[str, Any]],
     endpoint: Endpoint,
     settings: EarlyStopConfig,
+    key: str,
 ) -> EarlyStopReport:
-    """Account for the model step that answered ``prompt`` with ``ai``, probe, and decide."""
+    """Account for the model step that answered ``prompt`` with ``ai``, probe (its requests
+    carrying the run's ``key``), and decide."""
     run = _this_run(prompt)
     new_run = previous is None or not any(isinstance(m, AIMessage) for m in run)
-    report = _new_report() if new_run or previous is None else previous
+    report = _new_report(key) if new_run or previous is None else previous
     usage = report["usage"].copy()
     usage["model_calls"] += 1
     usage["tool_calls"] += _trailing_tool_results(prompt)
@@ -267,14 +279,16 @@ async def _advance(
         saved = _savings(usage, would_stop["usage"]) if would_stop else None
         return EarlyStopReport(certaindex=report["certaindex"], decision="exit",
                                stop_reason="finished", answer=ai.text, probes=report["probes"],
-                               usage=usage, would_stop=would_stop, saved=saved)
+                               usage=usage, would_stop=would_stop, saved=saved,
+                               session_id=key)
     chat, thinking = openai_messages(prompt), step_thinking(ai)
     prefix = probe_prefix(thinking, ai.text)
-    prompt_ids = await render_chat(endpoint, chat, tools)
-    generated = (await probe_tokens(endpoint, prompt_ids, thinking, prefix)
-                 if prompt_ids is not None else [])
-    reply = await ask_probe(endpoint, chat, prefix, settings, seed=settings.seed, tools=tools,
-                            prompt_ids=prompt_ids, generated=generated)
+    with program_key(key):  # the probe's requests carry the run's key
+        prompt_ids = await render_chat(endpoint, chat, tools)
+        generated = (await probe_tokens(endpoint, prompt_ids, thinking, prefix)
+                     if prompt_ids is not None else [])
+        reply = await ask_probe(endpoint, chat, prefix, settings, seed=settings.seed,
+                                tools=tools, prompt_ids=prompt_ids, generated=generated)
     usage["probe_prompt_tokens"] += reply.completion.prompt_tokens
     usage["probe_completion_tokens"] += reply.completion.completion_tokens
     probe = AgentProbe(step=usage["model_calls"], answer=reply.answer,
@@ -299,7 +313,7 @@ async def _advance(
     emit_probe_event(reply, certaindex, decision, step=probe["step"])
     return EarlyStopReport(certaindex=certaindex, decision=decision, stop_reason=stop_reason,
                            answer=answer, probes=probes, usage=usage, would_stop=would_stop,
-                           saved=None)
+                           saved=None, session_id=key)
 
 
 def _stop_messages(messages: Sequence[AnyMessage], report: EarlyStopReport) -> list[BaseMessage]:
@@ -337,17 +351,23 @@ class EarlyStopMiddleware(AgentMiddleware[EarlyStopState, Any, Any]):
         request: ModelRequest[Any],
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ExtendedModelResponse[Any]:
-        """Run the model step, then probe with the step's exact prompt and tools."""
-        response = await handler(request)
+        """Run the model step (its request carrying the run's session header, as the probe's
+        do), then probe with the step's exact prompt and tools."""
+        previous = cast("EarlyStopReport | None", request.state.get("early_stop"))
+        key = _session_id(previous)
+        with program_key(key):
+            headers = session_headers()
+        settings = request.model_settings
+        response = await handler(request.override(model_settings={**settings, "extra_headers": {
+            **(settings.get("extra_headers") or {}), **headers}}))
         ai = next((m for m in reversed(response.result) if isinstance(m, AIMessage)), None)
         if ai is None:
             return ExtendedModelResponse(model_response=response)
         prompt: list[BaseMessage] = list(request.messages)
         if request.system_message is not None:
             prompt.insert(0, request.system_message)
-        previous = cast("EarlyStopReport | None", request.state.get("early_stop"))
         report = await _advance(previous, prompt, ai,
-                                openai_tools(request.tools), self.endpoint, self.settings)
+                                openai_tools(request.tools), self.endpoint, self.settings, key)
         return ExtendedModelResponse(model_response=response,
                                      command=Command(update={"early_stop": report}))
 
@@ -391,7 +411,9 @@ def early_stop_node(
         prompt: list[BaseMessage] = list(messages[:-1])
         if system_prompt:
             prompt.insert(0, SystemMessage(system_prompt))
-        report = await _advance(state.get("early_stop"), prompt, ai, schemas, endpoint, settings)
+        previous = state.get("early_stop")
+        report = await _advance(previous, prompt, ai, schemas, endpoint, settings,
+                                _session_id(previous))
         update: dict[str, Any] = {"early_stop": report}
         if _stops_early(report, messages):
             update["messages"] = _stop_messages(messages, report)

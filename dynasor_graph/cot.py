@@ -36,7 +36,7 @@ from langgraph.types import Checkpointer
 from pydantic import Field
 
 from ._answers import final_answer
-from ._endpoint import Completion, Endpoint, retry_policy
+from ._endpoint import Completion, Endpoint, keyed, retry_policy
 from ._probe import (
     TRANSITION_MARKERS,
     ProbeConfig,
@@ -175,8 +175,9 @@ class CoTState(CoTInput, CoTOutput, total=False):
     """How many reasoning tokens ``logprob_sum`` covers: their geometric-mean probability is
     the path's confidence (:func:`path_confidence`, DeepConf's average trace confidence)."""
     session_id: str
-    """The program's key (a uuid4 hex made in ``prepare`` unless given): its live stream's
-    key in the per-process registry (overlapped probing), and its reasoning log's."""
+    """The program's key (a uuid4 hex made in ``prepare`` unless given): the ``X-Session-ID``
+    of its requests when the run has no thread, its live stream's key in the per-process
+    registry (overlapped probing), and its reasoning log's."""
     log: LogRef
     """Where the program's reasoning log is when the graph has a LangGraph store: then
     ``token_ids`` and ``reasoning`` stay empty and ``probes`` holds the last
@@ -245,7 +246,7 @@ def prepare_node(endpoint: Endpoint, config: CoTConfig) -> Node:
                 "session_id": state.get("session_id") or uuid.uuid4().hex,
                 "thinking_format": fmt.describe()}
 
-    return prepare
+    return keyed(prepare, start=True)
 
 
 def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
@@ -282,7 +283,7 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
             update.update(decision="exit", stop_reason="answered" if closed else "finished")
         return update
 
-    return reason
+    return keyed(reason)
 
 
 async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, log: Log,
@@ -365,7 +366,7 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
             "stop_reason": stop_reason,
         }
 
-    return probe
+    return keyed(probe)
 
 
 def finish_node(endpoint: Endpoint) -> Node:

@@ -35,7 +35,7 @@ from langgraph.types import Checkpointer, Send
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._compat import renamed_fields
-from ._endpoint import Endpoint, retry_policy
+from ._endpoint import Endpoint, keyed, retry_policy
 from ._state import (
     CoTInput,
     MultiPathOutput,
@@ -137,8 +137,9 @@ class SCState(CoTInput, SCOutput, total=False):
     chat: list[dict[str, str]]
     prompt_ids: list[int] | None
     session_id: str
-    """The program's key (uuid4 hex made in ``prepare`` unless given): with a path's id, the
-    key of the path's live stream (overlapped probing)."""
+    """The program's key (uuid4 hex made in ``prepare`` unless given), shared by its paths: the
+    ``X-Session-ID`` of their requests when the run has no thread; with a path's id, the key
+    of the path's live stream (overlapped probing)."""
 
 
 class PathTask(TypedDict):
@@ -238,7 +239,7 @@ def create_sc(
         return decision if decision in ("exit", "widen") else run_paths(state)
 
     builder = StateGraph(SCState, input_schema=CoTInput, output_schema=SCOutput)
-    builder.add_node("prepare", prepare, retry_policy=retry_policy(endpoint))
+    builder.add_node("prepare", keyed(prepare, start=True), retry_policy=retry_policy(endpoint))
     # No RetryPolicy here: the step's own reason and probe nodes retry each request once;
     # retrying the whole step around them would multiply attempts and lose counted tokens.
     builder.add_node("step", step, input_schema=PathTask)
