@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--router-policy", default="consistent_hash",
                        choices=["consistent_hash", "round_robin", "cache_aware", "power_of_two",
                                 "random"],
-                       help="with --replicas: consistent_hash keys on X-Session-ID (the thread)")
+                       help="with --replicas: consistent_hash keys on X-Session-ID (the program's)")
     serve.add_argument("--scheduling-policy", choices=["fcfs", "priority"], default="fcfs",
                        help="vLLM's waiting queue: fcfs (default) or priority, which orders it "
                        "by each request's priority (lower first): what SchedulerConfig("

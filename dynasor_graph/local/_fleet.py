@@ -3,8 +3,9 @@
 :class:`Fleet` starts N :class:`LocalServer` replicas on free loopback ports and the router of the
 vLLM project (the ``vllm-router`` package, in the ``local`` extra) in front of them on one port.
 With the default ``consistent_hash`` policy the router hashes the ``X-Session-ID`` header, which
-every model call of a LangGraph run with a thread carries (its ``thread_id``): all the requests of
-one program reach the replica that holds its prefix in cache.
+every request of a program carries (its thread's ``thread_id``, else the program's own
+``session_id``): all the requests of one program reach the replica that holds its prefix in
+cache.
 """
 
 from __future__ import annotations
