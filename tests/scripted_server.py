@@ -7,15 +7,23 @@ return the next scripted probe reply. Tokens are ``\\S+\\s*`` runs; ``usage`` co
 It speaks both routes of the library:
 
 - chat completions (``/v1/chat/completions``, the text route), answered by ``Script.reply``;
-- vLLM's token API (the token route): ``/tokenize`` renders chat messages through a scripted
-  chat template (:func:`render`) or tokenizes a plain prompt, answering the ids and
-  ``max_model_len``; ``/v1/completions`` takes a token-id prompt, decodes it back into the chat
-  and its open assistant turn (:func:`parse`), asks the same ``Script.reply`` for the text, and
-  answers it as vLLM does: ``token_ids`` (``return_token_ids``), ``logprobs`` with
-  ``text_offset`` and ``token_logprobs``, and usage counted in ids. A token's id is its index in
-  the server's vocabulary (:class:`Vocabulary`); role markers and think markers are one id each,
-  and so is each token of a scripted reply (``Script.reasoning``'s entries), so the reasoning
-  stream continues from the number of ids generated so far, as a real model's would.
+- vLLM's token API (the token route, ``token_api=True``): ``/tokenize`` renders chat messages
+  through the chat template or tokenizes a plain prompt, answering the ids and
+  ``max_model_len``; ``/detokenize``; ``/tokenizer_info`` (the special tokens);
+  ``/v1/completions`` takes a token-id prompt, finds the chat it continues and the text
+  generated so far, asks the same ``Script.reply`` for the text, and answers it as vLLM does:
+  ``token_ids`` (``return_token_ids``), ``logprobs`` with ``text_offset`` and
+  ``token_logprobs``, usage counted in ids, and with ``stream=True`` as server-sent events
+  (:meth:`ScriptedServer.stream`). A token's id is its index in the process's vocabulary
+  (:class:`~scripted_model.Vocabulary`); markers are one id each, and so is each token of
+  a scripted reply (``Script.reasoning``'s entries), so the reasoning stream continues from the
+  number of ids generated so far, as a real model's would.
+
+The chat template is the scripted one (:func:`~scripted_model.render`, no thinking
+markers), whose prompts decode back into their chat (:func:`~scripted_model.parse`), or a
+model's real one (``chat_template="qwen3"``, a file of ``tests/chat_templates``, rendered as
+vLLM renders it: :class:`~scripted_model.ChatTemplate`); a real template's prompt cannot be
+parsed back, so the server finds the longest chat it rendered that the prompt starts with.
 
 Faults are scripted per generation request on both routes (``fail_next``: 429/5xx,
 ``refuse_message``: 400, ``drop_next``: the connection closes unanswered,
@@ -26,65 +34,26 @@ is a port nobody listens on (``closed_port()``).
 from __future__ import annotations
 
 import json
-import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
+from scripted_model import (
+    SERVED_NAME,
+    VOCABULARY,
+    ChatTemplate,
+    Script,
+    conversation,
+    parse,
+    render,
+    tokens,
+)
 
-SERVED_NAME = "scripted"
-
-
-ROLES = ("system", "user", "assistant", "tool")
-SPECIAL = (*(f"<|{role}|>" for role in ROLES), "<|tools|>", "<|end|>", "<think>", "</think>")
-_SPECIAL = re.compile("(" + "|".join(re.escape(marker) for marker in SPECIAL) + ")")
-
-
-def tokens(text: str) -> list[str]:
-    """The scripted tokenizer: whitespace-separated runs, each with its trailing space."""
-    return re.findall(r"\S+\s*|\s+", text)
-
-
-def pieces(text: str) -> list[str]:
-    """The token route's tokenizer: a special marker (:data:`SPECIAL`) is one token, the rest
-    is split by :func:`tokens`; joining the pieces gives ``text`` back."""
-    return [piece for part in _SPECIAL.split(text) if part
-            for piece in ([part] if part in SPECIAL else tokens(part))]
-
-
-class Vocabulary:
-    """Token strings and their ids (index in order of first sight), shared by all requests."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.words: list[str] = []
-        self._ids: dict[str, int] = {}
-
-    def encode(self, text: str) -> list[int]:
-        return self.ids(pieces(text))
-
-    def ids(self, strings: list[str]) -> list[int]:
-        """Each string as one token (a scripted reply's tokens keep their ids)."""
-        with self._lock:
-            return [self._ids[p] if p in self._ids else self._add(p) for p in strings]
-
-    def _add(self, piece: str) -> int:
-        self._ids[piece] = len(self.words)
-        self.words.append(piece)
-        return self._ids[piece]
-
-    def decode(self, ids: list[int]) -> str:
-        with self._lock:
-            return "".join(self.words[i] for i in ids)
-
-
-VOCABULARY = Vocabulary()
-"""One vocabulary for every server in the process, as one model's tokenizer: the library caches
-a suffix's ids per server URL, and a later test's server may get a port an earlier one had."""
+__all__ = ["SERVED_NAME", "ChatTemplate", "Script", "ScriptedServer", "Stream", "Worker",
+           "closed_port", "tokens"]
 
 
 def closed_port() -> int:
@@ -94,118 +63,20 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def render(messages: list[dict[str, Any]], tools: list[Any] | None = None,
-           add_generation_prompt: bool = True) -> str:
-    """The scripted chat template: ``<|tools|>json<|end|>``, each message as
-    ``<|role|>content<|end|>``, then ``<|assistant|>`` opening the reply."""
-    text = f"<|tools|>{json.dumps(tools)}<|end|>" if tools else ""
-    for message in messages:
-        text += f"<|{message['role']}|>{message.get('content') or ''}<|end|>"
-    return text + ("<|assistant|>" if add_generation_prompt else "")
-
-
-def parse(text: str) -> tuple[list[dict[str, Any]], bool]:
-    """A rendered prompt (:func:`render`, maybe continued) back into chat messages, and
-    whether its last message is an open assistant turn (the text generated so far)."""
-    messages: list[dict[str, Any]] = []
-    role: str | None = None
-    for part in _SPECIAL.split(text):
-        if part in (f"<|{r}|>" for r in ROLES):
-            role = part[2:-2]
-            messages.append({"role": role, "content": ""})
-        elif part == "<|end|>":
-            role = None
-        elif part == "<|tools|>":
-            role = "tools"
-        elif role not in (None, "tools"):
-            messages[-1]["content"] += part
-    return messages, role == "assistant"
-
-
 @dataclass
-class Script:
-    """What the fake model says: a reasoning stream, probe replies, and injected faults."""
+class Stream:
+    """One streamed ``/v1/completions`` reply: its request body, the tokens the script
+    answered, how many were sent, and whether the client disconnected before the end."""
 
-    reasoning: list[str] = field(default_factory=lambda: [f"r{i} " for i in range(100_000)])
-    probes: list[str] = field(default_factory=list)
-    probe_suffix: str = DEFAULT_PROBE_SUFFIX
-    fail_next: list[int] = field(default_factory=list)  # HTTP statuses for the next requests
-    refuse_message: str | None = None  # answer every request with a 400 carrying this text
-    delay_s: float = 0.0
-    drop_next: int = 0  # close the connection unanswered for the next generation requests
-    generation_delay_s: float = 0.0  # every generation request (either route) waits this long
-    logprob: float = -0.25  # every generated token's logprob on the token route
-    max_model_len: int = 32768  # a longer token prompt is refused (400), as vLLM does
-    log: list[dict[str, Any]] = field(default_factory=list)
-    # Per-question scripts, keyed by the last user message: many programs can differ. Their
-    # requests are logged in both their own script and this one.
-    questions: dict[str, Script] = field(default_factory=dict)
-    # Per-seed scripts, keyed by the request's ``seed``: each path of a multi-path program
-    # (its own seed) follows its own script, whatever order concurrent requests arrive in.
-    seeds: dict[int, Script] = field(default_factory=dict)
-    _probe_calls: int = 0
+    body: dict[str, Any]
+    tokens: int
+    sent: int = 0
+    disconnected: bool = False
 
-    def reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if self.fail_next:
-            status = self.fail_next.pop(0)
-            return status, {"object": "error", "message": f"scripted failure {status}",
-                            "type": "InternalServerError", "code": status}
-        if self.refuse_message is not None:
-            return 400, {"object": "error", "message": self.refuse_message,
-                         "type": "BadRequestError", "code": 400}
-        messages = body["messages"]
-        user = [m["content"] for m in messages if m["role"] == "user"]
-        own = self.questions.get(user[-1]) if user and self.questions else None
-        own = own or self.seeds.get(body.get("seed", -1))
-        if own is not None:
-            status, payload = own.reply(body)
-            self.log.extend(own.log[-1:] if status == 200 else [])
-            return status, payload
-        prefix = messages[-1]["content"] if body.get("continue_final_message") else ""
-        prompt_tokens = sum(len(tokens(m["content"])) + 4 for m in messages)
-        max_tokens = int(body.get("max_tokens") or 16)
-        if prefix.endswith(self.probe_suffix):
-            kind = "probe"
-            text = self.probes[min(self._probe_calls, len(self.probes) - 1)] if self.probes else ""
-            self._probe_calls += 1
-            out = tokens(text)[:max_tokens]
-            finish = "length" if len(tokens(text)) > max_tokens else "stop"
-        else:
-            kind = "reason"
-            # the token route says how many ids were generated so far (one per scripted token)
-            start = int(body.get("_prefix_ids", len(tokens(prefix))))
-            rest = self.reasoning[start:]
-            out = rest[:max_tokens]
-            finish = "length" if len(rest) > max_tokens else "stop"
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(out),
-                 "total_tokens": prompt_tokens + len(out)}
-        self.log.append({"kind": kind, "body": body, "usage": usage, "text": "".join(out),
-                         "tokens": out})
-        return 200, {
-            "id": f"cmpl-{len(self.log)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", SERVED_NAME),
-            "choices": [{"index": 0, "finish_reason": finish,
-                         "message": {"role": "assistant", "content": "".join(out)}}],
-            "usage": usage,
-        }
-
-    def total(self, kind: str, field_name: str) -> int:
-        return sum(e["usage"][field_name] for e in self.log if e["kind"] == kind)
-
-    def usage(self) -> dict[str, int]:
-        """The ``Usage`` a run must report for what this server answered (no reward model)."""
-        return {
-            "reasoning_tokens": self.total("reason", "completion_tokens"),
-            "reasoning_prompt_tokens": self.total("reason", "prompt_tokens"),
-            "probe_prompt_tokens": self.total("probe", "prompt_tokens"),
-            "probe_completion_tokens": self.total("probe", "completion_tokens"),
-            "reward_prompt_tokens": 0,
-            "reward_completion_tokens": 0,
-            "answer_tokens": 0,
-            "discarded_tokens": 0,  # a non-streaming server: nothing runs past an exit
-        }
+    @property
+    def prompt(self) -> int:
+        """The request's prompt, in ids."""
+        return len(self.body["prompt"][0])
 
 
 class ScriptedServer:
@@ -216,26 +87,31 @@ class ScriptedServer:
     ``token_api=True`` (or setting ``token_api`` before the requests) also serves vLLM's token
     API; without it ``/tokenize`` answers 404, as a server without it does, so an endpoint's
     ``continuation="auto"`` takes the text route, which the tests written for it expect.
+    ``chat_template`` (a name in ``tests/chat_templates`` or a :class:`ChatTemplate`) renders
+    chats through a model's real template instead of the scripted one, and turns the token API
+    on.
     """
 
     def __init__(self, script: Any = None, port: int = 0, *, token_api: bool = False,
-                 serialize: bool = False, opens_thinking: bool = False,
-                 thinking_switch: bool = False) -> None:
+                 serialize: bool = False, chat_template: str | ChatTemplate | None = None,
+                 ) -> None:
         self.script = script or Script()
         self.vocab = VOCABULARY
-        self.token_api = token_api
-        # the generation prompt opens the thinking (``<think>\n``), as R1-Distill's template
-        # does; else the model writes it, as Qwen3's does
-        self.opens_thinking = opens_thinking
-        # thinking_switch: the template has Qwen3's ``enable_thinking`` (off renders an empty
-        # think block), so thinking-format detection can find the markers
-        self.thinking_switch = thinking_switch
+        self.template = (ChatTemplate.named(chat_template) if isinstance(chat_template, str)
+                         else chat_template)
+        self.token_api = token_api or self.template is not None
+        # the tokenizer's special tokens: dropped from returned text unless the request says
+        # skip_special_tokens=false, as vLLM does
+        self.special = frozenset(self.template.special if self.template else ())
         # serialize: one script reply at a time (a script that is not thread-safe under load);
         # off by default, so a script can observe how many requests are in flight
         self._reply_lock: threading.Lock | None = threading.Lock() if serialize else None
         # Every POST as it arrived, whatever the script answered: ``path``, ``headers`` (keys
         # lower-cased) and the JSON ``body``. Security tests read it: a key must arrive here.
         self.requests: list[dict[str, Any]] = []
+        self.streams: list[Stream] = []  # every streamed reply, in order of arrival
+        self._rendered: dict[tuple[int, ...], dict[str, Any]] = {}  # a real template's renders
+        self._lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -243,19 +119,18 @@ class ScriptedServer:
                 pass
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                _send(self, status, payload)
 
             def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/models"):
+                path = self.path.rstrip("/")
+                if path.endswith("/models"):
                     self._send(200, {"object": "list", "data": [{"id": SERVED_NAME,
                                                                  "object": "model"}]})
-                elif self.path.rstrip("/") == "/health":
+                elif path == "/health":
                     self._send(200, {})
+                elif outer.token_api and path == "/tokenizer_info":
+                    self._send(200, {"tokenizer_class": "ScriptedTokenizer",
+                                     "extra_special_tokens": sorted(outer.special)})
                 else:
                     self._send(404, {"message": "not found"})
 
@@ -283,6 +158,8 @@ class ScriptedServer:
                     self._send(200, outer.tokenize(body))
                 elif outer.token_api and path == "/detokenize":
                     self._send(200, {"prompt": outer.vocab.decode(body["tokens"])})
+                elif outer.token_api and path.endswith("/v1/completions") and body.get("stream"):
+                    outer.stream(body, self)
                 elif outer.token_api and path.endswith("/v1/completions"):
                     self._send(*outer.complete(body))
                 else:
@@ -303,77 +180,148 @@ class ScriptedServer:
 
     def rendered(self, body: dict[str, Any]) -> str:
         """A chat request's ``messages`` and ``tools`` through this server's chat template."""
-        opening = body.get("add_generation_prompt", True)
-        text = render(body["messages"], body.get("tools"), opening)
-        switch = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
-        if opening and self.thinking_switch and switch is False:
-            return text + "<think>\n\n</think>\n\n"  # as Qwen3's template switches it off
-        return text + ("<think>\n" if opening and self.opens_thinking else "")
+        if self.template is not None:
+            return self.template.render(body)
+        return render(body["messages"], body.get("tools"), body.get("add_generation_prompt", True))
 
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
-        """vLLM's ``/tokenize``: chat ``messages`` (and ``tools``) through :func:`render`, or
-        a plain ``prompt``; the ids, their count and the model's context length."""
+        """vLLM's ``/tokenize``: chat ``messages`` (and ``tools``) through the chat template,
+        or a plain ``prompt``; the ids, their count and the model's context length."""
         text = self.rendered(body) if "messages" in body else str(body.get("prompt", ""))
         ids = self.vocab.encode(text)
+        if self.template is not None and "messages" in body:
+            with self._lock:
+                self._rendered[tuple(ids)] = body
         return {"count": len(ids), "tokens": ids, "token_strs": None,
                 "max_model_len": getattr(self.script, "max_model_len", 32768)}
 
+    def chat(self, ids: list[int]) -> tuple[list[dict[str, Any]], int | None] | None:
+        """The chat a token prompt continues and the ids generated so far in its open
+        assistant turn (its last message; ``None`` if no turn is open); ``None`` for a
+        prompt that continues no chat this server rendered (a real template's)."""
+        if self.template is None:
+            messages, open_turn = parse(self.vocab.decode(ids))
+            if not open_turn:
+                return messages, None
+            opener = self.vocab.encode("<|assistant|>")[0]
+            return messages, len(ids) - 1 - max(i for i, t in enumerate(ids) if t == opener)
+        with self._lock:
+            starts = [r for r in self._rendered if list(r) == ids[:len(r)]]
+            if not starts:
+                return None
+            prompt = max(starts, key=len)
+            chat = conversation(self._rendered[prompt]["messages"])
+        turn = {"role": "assistant", "content": self.vocab.decode(ids[len(prompt):])}
+        return [*chat, turn], len(ids) - len(prompt)
+
     def complete(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """vLLM's ``/v1/completions`` for a token-id (or text) prompt: the prompt decoded
-        into the chat it renders, answered by the script's ``reply`` as a continued assistant
-        turn, then returned with ids, offsets, logprobs and usage counted in ids."""
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
-            prompt = prompt[0]
-        ids = list(prompt) if isinstance(prompt, list) else self.vocab.encode(str(prompt))
+        """vLLM's ``/v1/completions`` for a token-id (or text) prompt: the prompt's chat
+        (:meth:`chat`) answered by the script's ``reply`` as a continued assistant turn, then
+        returned with ids, offsets, logprobs and usage counted in ids."""
+        ids = self.prompt_ids(body)
         limit = getattr(self.script, "max_model_len", 32768)
         if len(ids) > limit:
-            return 400, {"object": "error", "type": "BadRequestError", "code": 400,
-                         "message": f"This model's maximum context length is {limit} tokens. "
-                         f"However, your request has {len(ids)} input tokens."}
+            return _error(f"This model's maximum context length is {limit} tokens. "
+                          f"However, your request has {len(ids)} input tokens.")
         if not all(isinstance(i, int) and 0 <= i < len(self.vocab.words) for i in ids):
-            return 400, {"object": "error", "type": "BadRequestError", "code": 400,
-                         "message": "prompt holds token ids outside the vocabulary"}
-        messages, open_turn = parse(self.vocab.decode(ids))
+            return _error("prompt holds token ids outside the vocabulary")
+        found = self.chat(ids)
+        if found is None:
+            return _error("the prompt continues no chat this server rendered")
+        messages, generated = found
         chat = {key: value for key, value in body.items()
                 if key not in ("prompt", "logprobs", "return_token_ids", "echo")}
-        chat.update(messages=messages, continue_final_message=open_turn,
-                    add_generation_prompt=not open_turn)
-        if open_turn:  # ids after the last <|assistant|>: how far the reply has got, in tokens
-            opener = self.vocab.encode("<|assistant|>")[0]
-            chat["_prefix_ids"] = len(ids) - 1 - max(i for i, t in enumerate(ids) if t == opener)
-            turn = messages[-1]
-            if self.opens_thinking and turn["content"].startswith("<think>\n"):
-                # the generation prompt's own opener is not the model's text
-                turn["content"] = turn["content"][len("<think>\n"):]
-                chat["_prefix_ids"] -= len(self.vocab.encode("<think>\n"))
+        chat.update(messages=messages, continue_final_message=generated is not None,
+                    add_generation_prompt=generated is None)
+        if generated is not None:  # how far the reply has got, in ids
+            chat["_prefix_ids"] = generated
         status, payload = self.reply(chat)
         if status != 200:
             return status, payload
         choice = payload["choices"][0]
-        text = choice["message"].get("content") or ""
         logged = next((e for e in reversed(getattr(self.script, "log", []))
                        if e.get("body") is chat and "tokens" in e), None)
-        out = self.vocab.ids(logged["tokens"]) if logged else self.vocab.encode(text)
-        offsets, position = [], 0
-        for token in out:
-            offsets.append(position)
-            position += len(self.vocab.words[token])
+        out = (self.vocab.ids(logged["tokens"]) if logged
+               else self.vocab.encode(choice["message"].get("content") or ""))
+        skip = body.get("skip_special_tokens", True)
+        words = ["" if skip and self.vocab.words[t] in self.special else self.vocab.words[t]
+                 for t in out]
+        offsets = [sum(len(w) for w in words[:i]) for i in range(len(words))]
         usage = payload["usage"]  # the very dict the script logged: its counts become ids
         usage.update(prompt_tokens=len(ids), completion_tokens=len(out),
                      total_tokens=len(ids) + len(out))
-        answer: dict[str, Any] = {"index": 0, "text": text,
+        answer: dict[str, Any] = {"index": 0, "text": "".join(words),
                                   "finish_reason": choice["finish_reason"], "logprobs": None}
         if body.get("return_token_ids"):
             answer["token_ids"] = out
         if body.get("logprobs") is not None:
             answer["logprobs"] = {
-                "text_offset": offsets, "tokens": [self.vocab.words[t] for t in out],
+                "text_offset": offsets, "tokens": words,
                 "token_logprobs": [getattr(self.script, "logprob", -0.25)] * len(out),
                 "top_logprobs": None}
         return 200, {"id": payload.get("id", "cmpl"), "object": "text_completion",
                      "created": payload.get("created", 0), "model": body.get("model"),
                      "choices": [answer], "usage": usage}
+
+    def prompt_ids(self, body: dict[str, Any]) -> list[int]:
+        """A ``/v1/completions`` prompt as ids: the first of a list of token-id prompts, a
+        token-id list, or text through the tokenizer."""
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+            prompt = prompt[0]
+        return list(prompt) if isinstance(prompt, list) else self.vocab.encode(str(prompt))
+
+    def stream(self, body: dict[str, Any], handler: BaseHTTPRequestHandler) -> None:
+        """A ``stream=True`` ``/v1/completions`` as vLLM streams it: the :meth:`complete`
+        answer as one event a token (``text``; ``token_ids``, and ``prompt_token_ids`` on the
+        first, with ``return_token_ids``; ``logprobs`` offset from the stream's start), the
+        finish reason on the last, a usage event with ``stream_options.include_usage``, then
+        ``data: [DONE]``. The script paces it (``token_delay_s`` after each token;
+        ``hold_after``: that many tokens, then the connection held open until the client
+        leaves, for at most 10 s); :attr:`streams` records what was sent and the disconnect."""
+        status, payload = self.complete({**body, "return_token_ids": True, "logprobs": 0})
+        if status != 200:
+            _send(handler, status, payload)
+            return
+        choice, head = payload["choices"][0], {k: v for k, v in payload.items()
+                                               if k not in ("choices", "usage")}
+        ids, logprobs = choice["token_ids"], choice["logprobs"]
+        record = Stream(body, len(ids))
+        with self._lock:
+            self.streams.append(record)
+        hold = getattr(self.script, "hold_after", None)
+        count = len(ids) if hold is None else min(hold, len(ids))
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.end_headers()
+        try:
+            for i in range(count) if ids else [-1]:  # an empty reply: one closing event
+                last = i == len(ids) - 1 or not ids
+                piece: dict[str, Any] = {
+                    "index": 0, "text": logprobs["tokens"][i] if ids else "", "logprobs": None,
+                    "finish_reason": choice["finish_reason"] if last else None,
+                    "stop_reason": None}
+                if body.get("logprobs") is not None:
+                    piece["logprobs"] = {key: logprobs[key][i:i + 1] if ids else [] for key in
+                                         ("text_offset", "tokens", "token_logprobs")}
+                if body.get("return_token_ids"):
+                    piece["token_ids"] = ids[i:i + 1] if ids else []
+                    if i <= 0:
+                        piece["prompt_token_ids"] = self.prompt_ids(body)
+                _event(handler, {**head, "choices": [piece]})
+                record.sent += 1 if ids else 0
+                time.sleep(getattr(self.script, "token_delay_s", 0.0))
+            if count == len(ids):
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    _event(handler, {**head, "choices": [], "usage": payload["usage"]})
+                handler.wfile.write(b"data: [DONE]\n\n")
+                return
+            for _ in range(1000):  # hold (a model still decoding) until the client leaves
+                handler.wfile.write(b": decoding\n\n")
+                time.sleep(0.01)
+        except (BrokenPipeError, ConnectionResetError):
+            record.disconnected = True
+        handler.close_connection = True
 
     @property
     def api_base(self) -> str:
@@ -396,6 +344,24 @@ class ScriptedServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def _send(handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def _event(handler: BaseHTTPRequestHandler, event: dict[str, Any]) -> None:
+    handler.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+
+
+def _error(message: str) -> tuple[int, dict[str, Any]]:
+    """vLLM's 400 for a request it refuses."""
+    return 400, {"object": "error", "type": "BadRequestError", "code": 400, "message": message}
 
 
 class Worker(ScriptedServer):

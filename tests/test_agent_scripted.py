@@ -332,14 +332,13 @@ async def test_text_mode_probe_carries_the_step_thinking_before_the_suffix(
             "role": "assistant", "content": f"{THINKING[step]}\n\n{DEFAULT_AGENT_PROBE_SUFFIX}"}
 
 
-@pytest.fixture(params=[True, False], ids=["prompt-opens-thinking", "model-opens-thinking"])
+@pytest.fixture(params=["qwq", "qwen3"], ids=["prompt-opens-thinking", "model-opens-thinking"])
 def token_server(request: pytest.FixtureRequest) -> Iterator[tuple[Endpoint, ScriptedServer]]:
     """The scripted server's token route for an agent: chat completions script the steps
-    (``AgentScript``), ``/tokenize`` renders messages and tools (the generation prompt opens the
-    thinking, as R1-Distill's does, or the model writes it, as Qwen3's does), and
-    ``/v1/completions`` answers the probes."""
-    with ScriptedServer(AgentScript(), token_api=True, opens_thinking=request.param,
-                        thinking_switch=True) as server:
+    (``AgentScript``), ``/tokenize`` renders messages and tools through a real template (QwQ's
+    generation prompt opens the thinking; Qwen3's model writes it, and its ``enable_thinking``
+    switch shows detection the markers), and ``/v1/completions`` answers the probes."""
+    with ScriptedServer(AgentScript(), chat_template=request.param) as server:
         yield Endpoint(model="hosted_vllm/scripted", timeout_s=10, continuation="tokens",
                        api_base=server.api_base), server
 
@@ -357,12 +356,15 @@ async def test_token_mode_probe_extends_the_step_rendered_prompt_inside_the_thin
     for step, probe, thinking in zip(steps, probes, THINKING, strict=True):
         # the step's own prompt (messages and tools) as the template renders it, then the
         # thinking (opened by the probe when the model, not the prompt, opens it), the suffix
-        opened = "" if state.opens_thinking else "<think>\n"
+        opened = "" if state.rendered(step).endswith("<think>\n") else "<think>\n"
         expected = (state.vocab.encode(state.rendered(step))
                     + state.vocab.encode(f"{opened}{thinking}\n\n")
                     + state.vocab.encode(DEFAULT_AGENT_PROBE_SUFFIX))
         assert probe["prompt"] == [expected]
-        assert "</think>" not in state.vocab.decode(probe["prompt"][0])
+        # the probe stays inside this step's thinking (Qwen3's render of a later step holds
+        # the earlier steps' thinking, closed: that is the template's, not the probe's)
+        tail = probe["prompt"][0][len(state.vocab.encode(state.rendered(step))):]
+        assert "</think>" not in state.vocab.decode(tail)
     renders = [r["body"] for r in state.requests_to("/tokenize")  # not the format's detection
                if "messages" in r["body"] and r["body"]["messages"][-1] != PROBE[-1]]
     assert [(r["messages"], r["tools"]) for r in renders] == [

@@ -1,10 +1,11 @@
 """Thinking-aware Dynasor-CoT on the scripted server's token route: exact sequences.
 
 The scripted server (``tests/scripted_server.py``) speaks vLLM's token API (``/tokenize``,
-``/v1/completions`` with token-id prompts and ``return_token_ids``): the question ``q`` renders
-to 4 ids (``<|user|>``, ``q``, ``<|end|>``, ``<|assistant|>``), each scripted reasoning token is
-one id (``</think>`` among them), and a plain prompt is split into ``\\S+\\s*`` runs.
-It is stateless like vLLM: a reasoning request's prompt tells it how far the script has got.
+``/v1/completions`` with token-id prompts and ``return_token_ids``) through DeepSeek-R1-Distill's
+real chat template, whose generation prompt opens the thinking: the question ``q`` renders to 6
+ids (DeepSeek's begin-of-sentence, user and assistant markers around ``q``, then ``<think>`` and
+``\\n``), each scripted reasoning token is one id (``</think>`` among them), and a plain prompt
+is split into ``\\S+\\s*`` runs. A reasoning request's prompt tells it how far the script has got.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
 
 @pytest.fixture
 def token_server() -> Iterator[tuple[Endpoint, ScriptedServer]]:
-    with ScriptedServer(Script(reasoning=[], probes=[]), token_api=True,
-                        opens_thinking=True) as server:
+    with ScriptedServer(Script(reasoning=[], probes=[]),
+                        chat_template="deepseek_r1_distill") as server:
         yield Endpoint(model="m", api_base=server.api_base, timeout_s=10,
                        continuation="tokens"), server
 
