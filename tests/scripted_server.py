@@ -255,10 +255,10 @@ class ScriptedServer:
         if body.get("return_token_ids"):
             answer["token_ids"] = out
         if body.get("logprobs") is not None:
-            answer["logprobs"] = {
-                "text_offset": offsets, "tokens": words,
-                "token_logprobs": [getattr(self.script, "logprob", -0.25)] * len(out),
-                "top_logprobs": None}
+            chosen = [getattr(self.script, "logprob", -0.25)] * len(out)
+            answer["logprobs"] = {"text_offset": offsets, "token_logprobs": chosen,
+                                  "tokens": words, "top_logprobs": [
+                                      {word: p} for word, p in zip(words, chosen, strict=True)]}
         return 200, {"id": payload.get("id", "cmpl"), "object": "text_completion",
                      "created": payload.get("created", 0), "model": body.get("model"),
                      "choices": [answer], "usage": usage}
@@ -295,21 +295,21 @@ class ScriptedServer:
         handler.send_header("Content-Type", "text/event-stream")
         handler.end_headers()
         try:
-            for i in range(count) if ids else [-1]:  # an empty reply: one closing event
-                last = i == len(ids) - 1 or not ids
+            # one event a token; an empty reply is one closing event
+            parts = [slice(i, i + 1) for i in range(count)] if ids else [slice(0, 0)]
+            for part in parts:
                 piece: dict[str, Any] = {
-                    "index": 0, "text": logprobs["tokens"][i] if ids else "", "logprobs": None,
-                    "finish_reason": choice["finish_reason"] if last else None,
-                    "stop_reason": None}
+                    "index": 0, "text": "".join(logprobs["tokens"][part]), "logprobs": None,
+                    "finish_reason": choice["finish_reason"] if part.stop == len(ids) else None,
+                    "stop_reason": None, "prompt_token_ids": None, "token_ids": None}
                 if body.get("logprobs") is not None:
-                    piece["logprobs"] = {key: logprobs[key][i:i + 1] if ids else [] for key in
-                                         ("text_offset", "tokens", "token_logprobs")}
+                    piece["logprobs"] = {key: value[part] for key, value in logprobs.items()}
                 if body.get("return_token_ids"):
-                    piece["token_ids"] = ids[i:i + 1] if ids else []
-                    if i <= 0:
+                    piece["token_ids"] = ids[part]
+                    if part.start == 0:
                         piece["prompt_token_ids"] = self.prompt_ids(body)
                 _event(handler, {**head, "choices": [piece]})
-                record.sent += 1 if ids else 0
+                record.sent += part.stop - part.start
                 time.sleep(getattr(self.script, "token_delay_s", 0.0))
             if count == len(ids):
                 if (body.get("stream_options") or {}).get("include_usage"):

@@ -1,16 +1,25 @@
-"""Overlapped probing on a scripted streaming token server: the exact requests, the abort on
-exit, the tokens streamed past the exit counted, token events, and resume mid-stream."""
+"""Overlapped probing on the scripted server's streamed token route: the exact requests, the
+abort on exit, the tokens streamed past the exit counted, token events, and resume mid-stream.
+
+The server renders through DeepSeek-R1-Distill's template (its generation prompt opens the
+thinking, so an early exit closes it) and streams ``stream=True`` completions one token an
+event; ``Script.hold_after`` makes a stream hold after that many tokens (a model still
+decoding), and ``ScriptedServer.streams`` records what each sent and whether the client left.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
-from stream_server import RENDERED, StreamScript, split, stream_server
+from scripted_model import pieces
+from scripted_server import Script, ScriptedServer
 
 from dynasor_graph import (
     CoTConfig,
@@ -26,9 +35,30 @@ from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
 from dynasor_graph._state import generated_tokens
 from dynasor_graph._stream import _LIVE
 
-SUFFIX = len(split(DEFAULT_PROBE_SUFFIX))
+PROMPT = 6
+"""The question ``q`` as R1-Distill's template renders it, in ids: DeepSeek's begin-of-sentence,
+user and assistant markers around ``q``, then the generation prompt's ``<think>`` and ``\\n``."""
+SUFFIX = len(pieces(DEFAULT_PROBE_SUFFIX))
 OVERLAPPED = CoTConfig(chunk_size=4, certainty_threshold=2, max_tokens=200,
                        probing="overlapped")
+
+
+@contextmanager
+def streaming(script: Script) -> Iterator[tuple[Endpoint, ScriptedServer]]:
+    """The scripted server on R1-Distill's template, and a token-route endpoint without
+    retries."""
+    with ScriptedServer(script, chat_template="deepseek_r1_distill") as server:
+        yield Endpoint(model="m", api_base=server.api_base, timeout_s=10,
+                       continuation="tokens", max_retries=0), server
+
+
+def kinds(server: ScriptedServer) -> list[str]:
+    """The script's answers in order: ``stream`` for a streamed one, else reason or probe."""
+    return ["stream" if e["body"].get("stream") else e["kind"] for e in server.script.log]
+
+
+def probe_prompts(server: ScriptedServer) -> list[int]:
+    return [e["usage"]["prompt_tokens"] for e in server.script.log if e["kind"] == "probe"]
 
 
 def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
@@ -41,22 +71,22 @@ async def test_one_stream_probes_forked_at_boundaries_and_an_exit_aborts_it() ->
     # The server streams 14 tokens at once, then holds (a model still decoding). The probes
     # agree at the second boundary (8 tokens): the run exits there, closes the stream (the
     # server sees the disconnect) and counts the 6 tokens received past the exit.
-    with stream_server(StreamScript(send_limit=14, probes=["12}"], probe_delay_s=0.1)) as (
-            endpoint, script):
+    with streaming(Script(hold_after=14, probes=["12}"], probe_delay_s=0.1)) as (
+            endpoint, server):
         result = await create_cot(endpoint, OVERLAPPED).ainvoke({"question": "q"})
-        wait_for(lambda: script.log[0]["disconnected"])
-    assert [e["kind"] for e in script.log] == ["stream", "probe", "probe"]
-    stream, first, second = script.log
-    assert (stream["prompt"], stream["max_tokens"]) == (len(RENDERED), 200)
+        wait_for(lambda: server.streams[0].disconnected)
+    assert kinds(server) == ["stream", "probe", "probe"]
+    [stream] = server.streams
+    assert (stream.prompt, stream.body["max_tokens"]) == (PROMPT, 200)
     # Each probe is forked from the prompt plus the tokens received up to its boundary.
-    assert [first["prompt"], second["prompt"]] == [4 + 4 + SUFFIX, 4 + 8 + SUFFIX]
-    assert stream["disconnected"] and stream["sent"] == 14
+    assert probe_prompts(server) == [PROMPT + 4 + SUFFIX, PROMPT + 8 + SUFFIX]
+    assert stream.disconnected and stream.sent == 14
     assert (result["answer"], result["stop_reason"]) == ("12", "certain")
     usage = result["usage"]
     assert usage["reasoning_tokens"] == 8
     assert usage["discarded_tokens"] == 6
-    assert usage["reasoning_prompt_tokens"] == 4  # the stream's prompt, processed once
-    assert usage["probe_prompt_tokens"] == 8 + 12 + 2 * SUFFIX
+    assert usage["reasoning_prompt_tokens"] == PROMPT  # the stream's prompt, processed once
+    assert usage["probe_prompt_tokens"] == 2 * PROMPT + 4 + 8 + 2 * SUFFIX
     assert result["response"].startswith("r0 r1 r2 r3 r4 r5 r6 r7 \n\n</think>")
     assert not _LIVE
 
@@ -64,9 +94,9 @@ async def test_one_stream_probes_forked_at_boundaries_and_an_exit_aborts_it() ->
 async def test_a_stream_read_to_the_model_end_discards_nothing_and_streams_tokens() -> None:
     # The model ends its turn (closing its thinking) inside the third chunk: no probe after
     # it, nothing discarded; every token reaches a stream_mode="custom" consumer in order.
-    script = StreamScript(stream=["a ", "b ", "c ", "d ", "e ", "</think>", "x ", "\\boxed{5}"],
-                          probes=["1}", "2}"], token_delay_s=0.002)
-    with stream_server(script) as (endpoint, script):
+    script = Script(reasoning=["a ", "b ", "c ", "d ", "e ", "</think>", "x ", "\\boxed{5}"],
+                    probes=["1}", "2}"], token_delay_s=0.002)
+    with streaming(script) as (endpoint, server):
         graph = create_cot(endpoint, OVERLAPPED)
         tokens: list[dict[str, Any]] = []
         final: dict[str, Any] = {}
@@ -76,46 +106,45 @@ async def test_a_stream_read_to_the_model_end_discards_nothing_and_streams_token
                 tokens.append(chunk)
             elif mode == "values":
                 final = chunk
-    assert [e["kind"] for e in script.log] == ["stream", "probe"]
+    assert kinds(server) == ["stream", "probe"]
     assert (final["stop_reason"], final["answer"]) == ("answered", "5")
-    assert "".join(t["text"] for t in tokens) == "".join(script.stream)
+    assert "".join(t["text"] for t in tokens) == "".join(script.reasoning)
     assert sum(t["tokens"] for t in tokens) == 8 == final["usage"]["reasoning_tokens"]
     assert final["usage"]["discarded_tokens"] == 0
+    assert server.streams[0].sent == 8 and not server.streams[0].disconnected
 
 
 async def test_every_request_of_the_program_carries_one_session_key() -> None:
-    with stream_server(StreamScript(send_limit=20, probes=["3}"])) as (endpoint, script):
+    with streaming(Script(hold_after=20, probes=["3}"])) as (endpoint, server):
         await create_cot(endpoint, OVERLAPPED).ainvoke(
             {"question": "q"}, {"configurable": {"thread_id": "t-1"}})
-    assert {e["session"] for e in script.log} == {"t-1"}
+    assert {r["headers"].get("x-session-id") for r in server.generations()} == {"t-1"}
 
 
 async def test_resubmitting_every_n_chunks_reopens_the_stream_token_exactly() -> None:
     config = CoTConfig(chunk_size=4, certainty_threshold=3, max_tokens=200, probing="overlapped",
                        resubmit_every=2)
-    with stream_server(StreamScript(probes=["1}", "2}", "3}", "4}", "4}", "4}"],
-                                    token_delay_s=0.03)) as (endpoint, script):
+    script = Script(probes=["1}", "2}", "3}", "4}", "4}", "4}"], token_delay_s=0.03)
+    with streaming(script) as (endpoint, server):
         result = await create_cot(endpoint, config).ainvoke({"question": "q"})
-        wait_for(lambda: all(e["disconnected"] or e["sent"] == e["max_tokens"]
-                             for e in script.log if e["kind"] == "stream"))
-    kinds = [e["kind"] for e in script.log]
-    assert kinds == ["stream", "probe", "probe", "stream", "probe", "probe", "stream", "probe",
-                     "probe"]
-    streams = [e for e in script.log if e["kind"] == "stream"]
+        wait_for(lambda: all(s.disconnected or s.sent == s.tokens for s in server.streams))
+    assert kinds(server) == ["stream", "probe", "probe", "stream", "probe", "probe", "stream",
+                             "probe", "probe"]
+    streams = server.streams
     # Each re-submission continues the prompt, the 8 more tokens taken since the last, and
     # what the closed stream had run ahead (kept, not discarded): the budget stays 200.
-    assert streams[0]["prompt"] == 4
-    assert [s["prompt"] - 4 >= 8 * k for k, s in enumerate(streams)] == [True] * 3
-    assert [s["prompt"] + s["max_tokens"] for s in streams] == [204] * 3
+    assert streams[0].prompt == PROMPT
+    assert [s.prompt - PROMPT >= 8 * k for k, s in enumerate(streams)] == [True] * 3
+    assert [s.prompt + s.body["max_tokens"] for s in streams] == [PROMPT + 200] * 3
     # Each was closed (the server saw it) or had already sent all it was asked for.
-    assert all(s["disconnected"] or s["sent"] == s["max_tokens"] for s in streams)
+    assert all(s.disconnected or s.sent == s.tokens == s.body["max_tokens"] for s in streams)
     usage = result["usage"]
     assert usage["reasoning_tokens"] == 24
-    assert usage["reasoning_prompt_tokens"] == sum(s["prompt"] for s in streams)
-    assert result["response"].startswith("".join(script.stream[:24]) + "\n\n</think>")
+    assert usage["reasoning_prompt_tokens"] == sum(s.prompt for s in streams)
+    assert result["response"].startswith("".join(script.reasoning[:24]) + "\n\n</think>")
     # What ran past the exit (the kept run-ahead included) is discarded once: never more than
     # the server sent beyond the 24 tokens used.
-    assert 0 <= usage["discarded_tokens"] <= sum(s["sent"] for s in streams) - 24
+    assert 0 <= usage["discarded_tokens"] <= sum(s.sent for s in streams) - 24
 
 
 def _first_part(endpoint: Endpoint, saver: InMemorySaver, config: dict[str, Any]) -> None:
@@ -131,41 +160,41 @@ def _first_part(endpoint: Endpoint, saver: InMemorySaver, config: dict[str, Any]
 
 
 async def test_resume_after_the_stream_died_continues_token_exactly() -> None:
-    with stream_server(StreamScript(send_limit=None, probes=["1}", "2}", "7}", "7}"],
-                                    token_delay_s=0.003)) as (endpoint, script):
+    script = Script(probes=["1}", "2}", "7}", "7}"], token_delay_s=0.003)
+    with streaming(script) as (endpoint, server):
         saver = InMemorySaver()
         config: dict[str, Any] = {"configurable": {"thread_id": "resume"}}
         _first_part(endpoint, saver, config)
         halfway = (await create_cot(endpoint, OVERLAPPED, checkpointer=saver).aget_state(
             config)).values
         assert halfway["usage"]["reasoning_tokens"] == 4
-        first_stream_sent = script.log[0]["sent"]
-        wait_for(lambda: script.log[0]["disconnected"] or script.log[0]["sent"] == 200)
+        first_stream_sent = server.streams[0].sent
+        wait_for(lambda: server.streams[0].disconnected or server.streams[0].sent == 200)
         graph = create_cot(endpoint, OVERLAPPED, checkpointer=saver)
         result = await graph.ainvoke(None, config)
         ids = (await graph.aget_state(config)).values["token_ids"]
-    streams = [e for e in script.log if e["kind"] == "stream"]
-    assert len(streams) == 2 and streams[0]["disconnected"]
-    assert (streams[1]["prompt"], streams[1]["max_tokens"]) == (4 + 4, 196)
+    streams = server.streams
+    assert len(streams) == 2 and streams[0].disconnected
+    assert (streams[1].prompt, streams[1].body["max_tokens"]) == (PROMPT + 4, 196)
     assert result["stop_reason"] == "certain" and result["answer"] == "7"
     assert result["usage"]["reasoning_tokens"] == 16
-    assert ids == script.ids(script.stream[:16])
-    assert result["response"].startswith("".join(script.stream[:16]) + "\n\n</think>")
+    assert ids == server.vocab.ids(script.reasoning[:16])
+    assert result["response"].startswith("".join(script.reasoning[:16]) + "\n\n</think>")
     # What the dead stream had received past the checkpoint is counted, not hidden.
-    assert 0 <= result["usage"]["discarded_tokens"] - (streams[1]["sent"] - 12) <= (
-        max(first_stream_sent, streams[0]["sent"]))
+    assert 0 <= result["usage"]["discarded_tokens"] - (streams[1].sent - 12) <= (
+        max(first_stream_sent, streams[0].sent))
 
 
 async def test_sc_paths_each_stream_and_every_live_stream_closes_at_the_exit() -> None:
     config = SCConfig(path=CoTConfig(chunk_size=4, certainty_threshold=2, max_tokens=64,
                                      probing="overlapped"),
                       width=2, max_width=2, detect_at=2, token_budget=400)
-    with stream_server(StreamScript(send_limit=10, probes=["5}"], probe_delay_s=0.05)) as (
-            endpoint, script):
+    with streaming(Script(hold_after=10, probes=["5}"], probe_delay_s=0.05)) as (
+            endpoint, server):
         result = await create_sc(endpoint, config).ainvoke({"question": "q"})
-        wait_for(lambda: all(e["disconnected"] for e in script.log if e["kind"] == "stream"))
-    streams = [e for e in script.log if e["kind"] == "stream"]
-    assert len(streams) == 2 and all(s["disconnected"] for s in streams)
+        wait_for(lambda: all(s.disconnected for s in server.streams))
+    streams = server.streams
+    assert len(streams) == 2 and all(s.disconnected and s.sent == 10 for s in streams)
     assert result["answer"] == "5"
     for path in result["paths"]:
         assert path["usage"]["reasoning_tokens"] == 8
@@ -176,12 +205,13 @@ async def test_sc_paths_each_stream_and_every_live_stream_closes_at_the_exit() -
 
 async def test_a_scheduler_tags_the_stream_and_counts_every_token_it_received() -> None:
     scheduler = Scheduler(SchedulerConfig(mode="both", max_in_flight=2))
-    with stream_server(StreamScript(send_limit=14, probes=["12}"], probe_delay_s=0.1)) as (
-            endpoint, script):
+    with streaming(Script(hold_after=14, probes=["12}"], probe_delay_s=0.1)) as (
+            endpoint, server):
         result = await scheduler.run(create_cot(endpoint, OVERLAPPED), {"question": "q"})
-        wait_for(lambda: script.log[0]["disconnected"])
-    assert [e["kind"] for e in script.log] == ["stream", "probe", "probe"]
-    assert all(isinstance(e["priority"], int) for e in script.log)  # the stream's too
+        wait_for(lambda: server.streams[0].disconnected)
+    assert kinds(server) == ["stream", "probe", "probe"]
+    priorities = [r["body"].get("priority") for r in server.generations()]
+    assert all(isinstance(p, int) for p in priorities)  # the stream's too
     usage = result.output["usage"]
     assert usage["discarded_tokens"] == 6
     # The admission hook saw the stream's received tokens (taken and discarded) and probes'.
@@ -190,11 +220,14 @@ async def test_a_scheduler_tags_the_stream_and_counts_every_token_it_received() 
 
 
 async def test_a_refused_stream_is_translated_and_a_busy_one_retried_from_the_state() -> None:
-    with (stream_server(StreamScript(fail_streams=[400])) as (endpoint, script),
+    with (streaming(Script(fail_next=[400])) as (endpoint, server),
           pytest.raises(ServerRefused, match="scripted failure 400")):
         await create_cot(endpoint, OVERLAPPED).ainvoke({"question": "q"})
-    with stream_server(StreamScript(fail_streams=[503], probes=["4}"])) as (endpoint, script):
+    with streaming(Script(fail_next=[503], probes=["4}"])) as (endpoint, server):
         retried = Endpoint.model_validate({**endpoint.model_dump(), "max_retries": 1})
         result = await create_cot(retried, OVERLAPPED).ainvoke({"question": "q"})
-    assert [e["kind"] for e in script.log][:3] == ["stream", "stream", "probe"]
+    # the 503 answered before any event, then the retried stream and its two probes
+    assert [bool(r["body"].get("stream")) for r in server.generations()] == [
+        True, True, False, False]
+    assert len(server.streams) == 1 and kinds(server) == ["stream", "probe", "probe"]
     assert result["answer"] == "4" and result["usage"]["reasoning_tokens"] == 8
