@@ -8,12 +8,14 @@ buffer, consumed ``n`` tokens at a time by :meth:`LiveStream.take`, and closed b
 :meth:`LiveStream.close` — closing the connection is a client disconnect, which makes vLLM
 abort the request. Tokens received but never taken are what the caller counts as discarded.
 
-The request goes through the endpoint's hooks like every other: the admission hook admits it
-(for its whole life: a scheduler counts a stream as one request in flight until it ends, and
-the tokens it received), the request-tagging hook tags it (vLLM's ``priority``, fixed at
-submission), and it carries the program's session header. It is read with httpx over the
-loop's pooled client rather than the OpenAI SDK: one JSON decode per server-sent event, no
-SDK object per token, and closing the response closes the connection at once.
+Its body is the token route's (:func:`~._token_route.completion_body`) with ``stream`` and
+``stream_options`` added, and it goes through the endpoint's hooks like every other: the
+admission hook admits it (for its whole life: a scheduler counts a stream as one request in
+flight until it ends, and the tokens it received), the request-tagging hook tags it (vLLM's
+``priority``, fixed at submission), and it carries the program's session header. It is read
+with httpx over the loop's pooled client rather than the OpenAI SDK: one JSON decode per
+server-sent event, no SDK object per token, and closing the response closes the connection at
+once.
 
 Streams live outside graph state, in a per-process registry (:func:`live_stream`) keyed by the
 program's stream key; a stream of another event loop, or one whose position no longer matches
@@ -28,11 +30,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._endpoint import Completion, Endpoint, admitted, request_tags_for, session_headers
+from ._endpoint import Completion, Endpoint, admitted, session_headers
 from ._errors import EndpointError, EndpointUnreachable, ServerBusy, ServerRefused, body_message
 from ._http import shared_client
 from ._state import Usage
-from ._thinking import thinking_fields
+from ._token_route import completion_body
 from ._transcript import generated_count
 
 OnTokens = Callable[[str, int], None]
@@ -84,14 +86,10 @@ class LiveStream:
         (a scheduler stopping the program); the next :meth:`take` raises it."""
         self._closing = False
         self._arrived = asyncio.Event()
-        extra: dict[str, Any] = {"seed": seed} if seed is not None else {}
-        self._body = {
-            "model": endpoint.served_name, "prompt": [list(prompt)],
-            "max_tokens": self.max_tokens,
-            "temperature": temperature, "top_p": top_p, "stream": True,
-            "stream_options": {"include_usage": True}, "return_token_ids": True,
-            "logprobs": 0, **extra, **thinking_fields(endpoint, chat=False),
-            **request_tags_for(self.max_tokens)}
+        # the token route's body, streamed: the two cannot drift apart
+        self._body = {**completion_body(endpoint, prompt, max_tokens=self.max_tokens,
+                                        temperature=temperature, top_p=top_p, seed=seed),
+                      "stream": True, "stream_options": {"include_usage": True}}
         self._headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}",
                          **session_headers()}
         self.server_usage: dict[str, Any] | None = None

@@ -80,22 +80,39 @@ def token_ids(payload: dict[str, Any], endpoint: Endpoint, path: str) -> list[in
     return tokens
 
 
-def completion_request(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens: int,
-                       temperature: float, top_p: float, seed: int | None) -> dict[str, Any]:
-    """The ``/v1/completions`` body both clients send: the prompt ids, sampling, the
-    program's request tags (e.g. vLLM's ``priority``), and ``return_token_ids`` plus
-    ``logprobs=0`` (the generated ids, their text offsets and their logprobs)."""
-    # Fields LiteLLM's text route does not map ride in extra_body, the same on both clients.
-    extra_body: dict[str, Any] = {"return_token_ids": True, "logprobs": 0,
-                                  **thinking_fields(endpoint, chat=False),
-                                  **request_tags_for(max_tokens)}
-    if seed is not None:
-        extra_body["seed"] = seed
-    headers = session_headers()
-    return {
+def completion_body(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens: int,
+                    temperature: float, top_p: float, seed: int | None) -> dict[str, Any]:
+    """The ``/v1/completions`` JSON body of a token-route call: the prompt ids, sampling,
+    ``return_token_ids`` plus ``logprobs=0`` (the generated ids, their text offsets and their
+    logprobs), the detected format's fields, the program's request tags (e.g. vLLM's
+    ``priority``) and the seed. Both clients send it (:func:`completion_request`), and the
+    streamed route (:mod:`._stream`) with ``stream`` and ``stream_options`` added."""
+    body: dict[str, Any] = {
+        "model": endpoint.served_name,
         "prompt": [prompt if isinstance(prompt, list) else list(prompt)],
         "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-        "timeout": endpoint.timeout_s, "extra_body": extra_body,
+        "return_token_ids": True, "logprobs": 0, **thinking_fields(endpoint, chat=False),
+        **request_tags_for(max_tokens)}
+    if seed is not None:
+        body["seed"] = seed
+    return body
+
+
+_NAMED = ("prompt", "max_tokens", "temperature", "top_p")
+"""The body's fields both clients take as named arguments; the rest rides in ``extra_body``
+(LiteLLM's text route does not map them), which the SDK merges into the same JSON body."""
+
+
+def completion_request(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens: int,
+                       temperature: float, top_p: float, seed: int | None) -> dict[str, Any]:
+    """:func:`completion_body` as both clients' keyword arguments (the model apart, each
+    client names it its own way), with the timeout and the program's session header."""
+    body = completion_body(endpoint, prompt, max_tokens=max_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed)
+    headers = session_headers()
+    return {
+        **{key: body[key] for key in _NAMED}, "timeout": endpoint.timeout_s,
+        "extra_body": {k: v for k, v in body.items() if k not in (*_NAMED, "model")},
         **({"extra_headers": headers} if headers else {}),
     }
 

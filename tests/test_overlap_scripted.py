@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from conftest import with_fields
 from langgraph.checkpoint.memory import InMemorySaver
 from scripted_model import pieces
 from scripted_server import Script, ScriptedServer
@@ -112,6 +113,24 @@ async def test_a_stream_read_to_the_model_end_discards_nothing_and_streams_token
     assert sum(t["tokens"] for t in tokens) == 8 == final["usage"]["reasoning_tokens"]
     assert final["usage"]["discarded_tokens"] == 0
     assert server.streams[0].sent == 8 and not server.streams[0].disconnected
+
+
+@pytest.mark.parametrize("client", ["litellm", "openai"])
+async def test_the_stream_sends_the_token_route_s_body_with_stream_added(client: str) -> None:
+    # A sequential run whose first chunk is the whole budget asks what the stream asks.
+    sequential = CoTConfig(chunk_size=200, max_tokens=200, seed=3)
+    overlapped = with_fields(OVERLAPPED, seed=3)
+    run = {"configurable": {"thread_id": "t-2"}}
+    with streaming(Script(probes=["12}"])) as (endpoint, server):
+        tokens_endpoint = with_fields(endpoint, client=client)
+        await create_cot(tokens_endpoint, sequential).ainvoke({"question": "q"}, run)
+        asked = len(server.generations())
+        await create_cot(tokens_endpoint, overlapped).ainvoke({"question": "q"}, run)
+    plain, streamed = server.generations()[0], server.generations()[asked]
+    assert streamed["body"].pop("stream") is True
+    assert streamed["body"].pop("stream_options") == {"include_usage": True}
+    assert streamed["body"] == plain["body"]
+    assert streamed["headers"]["x-session-id"] == plain["headers"]["x-session-id"] == "t-2"
 
 
 async def test_every_request_of_the_program_carries_one_session_key() -> None:
