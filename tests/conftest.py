@@ -131,6 +131,22 @@ def authorizations(requests: list[dict[str, Any]]) -> set[str | None]:
     return {r["headers"].get("authorization") for r in requests}
 
 
+def interrupt(process: subprocess.Popen[str], timeout_s: float = 90) -> int:
+    """Stop a ``serve-local`` process as a user does, with SIGINT, close its pipes and return
+    its exit code; one still running after ``timeout_s`` is killed and the timeout raised."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that takes the real vLLM (the ``local_vllm`` fixture) is a ``vllm`` test, marked
     or not, so ``-m "not vllm"`` (``make test-fast``) never starts one."""
@@ -193,15 +209,7 @@ def local_vllm() -> Iterator[Endpoint]:
         yield Endpoint(model=f"hosted_vllm/{SERVED_MODEL_NAME}", api_base=first_line,
                        timeout_s=300)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
+        code = interrupt(process)
     assert code == 0, f"serve-local exited with {code} on SIGINT"
     with pytest.raises(ConnectionRefusedError):  # nothing listens any more: nothing left behind
         socket.create_connection(("127.0.0.1", port), timeout=5).close()

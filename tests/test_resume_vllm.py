@@ -9,13 +9,12 @@ so the session's shared server is not disturbed.
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import counters, spent
+from conftest import counters, interrupt, spent
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from dynasor_graph import CoTConfig, Endpoint, EndpointUnreachable, create_cot
@@ -34,21 +33,9 @@ def serve(port: int) -> subprocess.Popen[str]:
     assert process.stdout is not None
     line = process.stdout.readline().strip()  # blocks until the server answers
     if line != f"http://127.0.0.1:{port}/v1":
-        stop(process)
+        interrupt(process)
         pytest.fail(f"serve-local did not start: {line!r}")
     return process
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    for pipe in (process.stdout, process.stderr):
-        if pipe is not None:
-            pipe.close()
 
 
 async def test_killing_the_local_vllm_mid_run_and_resuming_counts_every_token_once(
@@ -71,7 +58,7 @@ async def test_killing_the_local_vllm_mid_run_and_resuming_counts_every_token_on
                     probes += "probe" in update
                     if probes == 2 and server.poll() is None:
                         first_life = spent(start, counters(endpoint))
-                        await asyncio.to_thread(stop, server)  # dies between two chunks
+                        await asyncio.to_thread(interrupt, server)  # dies between two chunks
             paused = await graph.aget_state(thread)
             assert paused.next == ("reason",)
             usage = paused.values["usage"]
@@ -95,4 +82,4 @@ async def test_killing_the_local_vllm_mid_run_and_resuming_counts_every_token_on
         assert reference["response"] == result["response"]
         assert reference["usage"] == result["usage"]
     finally:
-        await asyncio.to_thread(stop, server)
+        await asyncio.to_thread(interrupt, server)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from conftest import QUESTION, run_cli
+from conftest import QUESTION, interrupt, run_cli
 from scripted_server import SERVED_NAME, Worker
 
 from dynasor_graph import CoTConfig, Endpoint, Scheduler, SchedulerConfig, create_cot
@@ -144,15 +143,7 @@ def fleet() -> Iterator[Fleet]:
         assert len(set(replicas)) == 2
         yield Fleet(line, replicas, logs)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
+        code = interrupt(process, 120)
     assert code == 0, f"serve-local --replicas 2 exited with {code} on SIGINT"
     for url in [f"http://127.0.0.1:{port}", *replicas]:  # nothing listens any more
         host, _, replica_port = url.removeprefix("http://").partition(":")
