@@ -161,8 +161,9 @@ class ChatTemplate:
 
     @cached_property
     def _compiled(self) -> Any:
-        # transformers' environment (vLLM renders through tokenizer.apply_chat_template);
-        # strftime_now is a fixed day, so a render is the same every run
+        # set up as transformers sets up its own (vLLM renders through apply_chat_template),
+        # without its {% generation %} tag, which none of these templates uses; strftime_now
+        # is a fixed day, so a render is the same every run
         from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
