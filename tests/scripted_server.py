@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import accumulate
 from typing import Any
 
 from scripted_model import (
@@ -65,18 +66,15 @@ def closed_port() -> int:
 
 @dataclass
 class Stream:
-    """One streamed ``/v1/completions`` reply: its request body, the tokens the script
-    answered, how many were sent, and whether the client disconnected before the end."""
+    """One streamed ``/v1/completions`` reply: its request body, its prompt and the tokens
+    the script answered (in ids), how many were sent, and whether the client disconnected
+    before the end."""
 
     body: dict[str, Any]
+    prompt: int
     tokens: int
     sent: int = 0
     disconnected: bool = False
-
-    @property
-    def prompt(self) -> int:
-        """The request's prompt, in ids."""
-        return len(self.body["prompt"][0])
 
 
 class ScriptedServer:
@@ -95,7 +93,7 @@ class ScriptedServer:
     def __init__(self, script: Any = None, port: int = 0, *, token_api: bool = False,
                  serialize: bool = False, chat_template: str | ChatTemplate | None = None,
                  ) -> None:
-        self.script = script or Script()
+        self.script: Any = script or Script()
         self.vocab = VOCABULARY
         self.template = (ChatTemplate.named(chat_template) if isinstance(chat_template, str)
                          else chat_template)
@@ -246,7 +244,7 @@ class ScriptedServer:
         skip = body.get("skip_special_tokens", True)
         words = ["" if skip and self.vocab.words[t] in self.special else self.vocab.words[t]
                  for t in out]
-        offsets = [sum(len(w) for w in words[:i]) for i in range(len(words))]
+        offsets = [0, *accumulate(len(w) for w in words)][:len(words)]
         usage = payload["usage"]  # the very dict the script logged: its counts become ids
         usage.update(prompt_tokens=len(ids), completion_tokens=len(out),
                      total_tokens=len(ids) + len(out))
@@ -286,7 +284,7 @@ class ScriptedServer:
         choice, head = payload["choices"][0], {k: v for k, v in payload.items()
                                                if k not in ("choices", "usage")}
         ids, logprobs = choice["token_ids"], choice["logprobs"]
-        record = Stream(body, len(ids))
+        record = Stream(body, len(self.prompt_ids(body)), len(ids))
         with self._lock:
             self.streams.append(record)
         hold = getattr(self.script, "hold_after", None)
