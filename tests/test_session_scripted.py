@@ -18,7 +18,6 @@ import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from scripted_server import SERVED_NAME, Script, ScriptedServer
-from stream_server import StreamScript, stream_server
 
 from dynasor_graph import (
     CoTConfig,
@@ -136,22 +135,24 @@ async def test_cot_programs_of_a_parent_graph_get_one_key_each(
 async def test_the_live_stream_and_its_side_probes_share_the_programs_key() -> None:
     overlapped = CoTConfig(chunk_size=4, certainty_threshold=2, max_tokens=200,
                            probing="overlapped", resubmit_every=1)
-    with stream_server(StreamScript(probes=["1}", "2}", "2}"], token_delay_s=0.005)) as (
-            endpoint, script):
+    script = Script(probes=["1}", "2}", "2}"], token_delay_s=0.005)
+    with ScriptedServer(script, chat_template="deepseek_r1_distill") as server:
+        endpoint = Endpoint(model="m", api_base=server.api_base, timeout_s=10,
+                            continuation="tokens", max_retries=0)
         graph = create_cot(endpoint, overlapped)
-        await graph.ainvoke({"question": "q"})
-        first = len(script.log)
-        await graph.ainvoke({"question": "q"})
+        ends = []
+        for _ in range(2):
+            await graph.ainvoke({"question": "q"})
+            ends.append(len(server.generations()))
         sc = await create_sc(endpoint, SCConfig(path=overlapped, width=2, max_width=2)).ainvoke(
             {"question": "q"})
-    kinds = [e["kind"] for e in script.log[:first]]
-    assert kinds.count("stream") >= 2 and kinds.count("probe") == 3  # re-submitted streams
-    second = next(i for i, e in enumerate(script.log) if i > first and e["kind"] == "stream"
-                  and e["prompt"] == script.log[0]["prompt"])  # the SC program's first stream
-    runs = [script.log[:first], script.log[first:second], script.log[second:]]
-    assert all({e["kind"] for e in run} == {"stream", "probe"} for run in runs)
+    generations = server.generations()
+    runs = [generations[:ends[0]], generations[ends[0]:ends[1]], generations[ends[1]:]]
+    kinds = [["stream" if r["body"].get("stream") else "probe" for r in run] for run in runs]
+    assert kinds[0].count("stream") >= 2 and kinds[0].count("probe") == 3  # re-submitted
+    assert all(set(run) == {"stream", "probe"} for run in kinds)
     assert len(sc["paths"]) == 2
-    sessions = [{e["session"] for e in run} for run in runs]
+    sessions = [{r["headers"].get("x-session-id") for r in run} for run in runs]
     assert all(len(s) == 1 and None not in s for s in sessions)
     assert len(set.union(*sessions)) == 3  # three programs, three keys
 
