@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.store.memory import InMemoryStore
@@ -182,3 +183,24 @@ async def test_a_stored_program_resumed_without_its_store_fails_clearly() -> Non
         without = create_cot(endpoint(server), config, checkpointer=saver)
         with pytest.raises(RuntimeError, match="compile it with the same store"):
             await without.ainvoke(None, thread)
+
+
+async def test_an_overlapped_program_keeps_its_stream_and_its_log_in_the_store() -> None:
+    # The stream runs ahead (hold after 14 tokens); the probes agree at the second boundary.
+    config = CoTConfig(chunk_size=4, certainty_threshold=2, max_tokens=200,
+                       probing="overlapped")
+    results = []
+    for store in (None, InMemoryStore()):
+        script = Script(hold_after=14, probes=["12}"], probe_delay_s=0.1)
+        with ScriptedServer(script, token_api=True) as server:
+            graph = create_cot(endpoint(server), config, checkpointer=InMemorySaver(),
+                               store=store)
+            thread: RunnableConfig = {"configurable": {"thread_id": "overlapped"}}
+            results.append(await graph.ainvoke(QUESTION, thread))
+            state = (await graph.aget_state(thread)).values
+            assert (state.get("log") is not None) == (store is not None)
+    plain, stored = results
+    for key in ("answer", "response", "probes", "usage", "stop_reason"):
+        assert stored[key] == plain[key], key
+    assert stored["usage"]["reasoning_tokens"] == 8
+    assert stored["usage"]["discarded_tokens"] == 6  # received past the exit, counted
