@@ -45,7 +45,7 @@ import sys, threading, time
 sys.path.insert(0, {tests!r})
 from scripted_server import Script, ScriptedServer
 script = Script(probes=[str(i) + "}} " for i in range(100_000)], max_model_len=1_000_000)
-with ScriptedServer(script, token_api=True) as server:
+with ScriptedServer(script, token_api=True, keep_alive=True) as server:
     print(server.port, flush=True)
     def forget() -> None:  # the benchmark reads no request log: keep the server's memory flat
         while True:

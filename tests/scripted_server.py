@@ -92,7 +92,7 @@ class ScriptedServer:
 
     def __init__(self, script: Any = None, port: int = 0, *, token_api: bool = False,
                  serialize: bool = False, chat_template: str | ChatTemplate | None = None,
-                 ) -> None:
+                 keep_alive: bool = False) -> None:
         self.script: Any = script or Script()
         self.vocab = VOCABULARY
         self.template = (ChatTemplate.named(chat_template) if isinstance(chat_template, str)
@@ -113,6 +113,10 @@ class ScriptedServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            # keep_alive: HTTP/1.1 connections the client reuses, as vLLM's (a benchmark of
+            # the client's CPU); off, each reply closes its connection (HTTP/1.0)
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
@@ -291,6 +295,8 @@ class ScriptedServer:
         count = len(ids) if hold is None else min(hold, len(ids))
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")  # the stream ends with its connection
+        handler.close_connection = True
         handler.end_headers()
         try:
             # one event a token; an empty reply is one closing event
