@@ -25,6 +25,9 @@ model's real one (``chat_template="qwen3"``, a file of ``tests/chat_templates``,
 vLLM renders it: :class:`~scripted_model.ChatTemplate`); a real template's prompt cannot be
 parsed back, so the server finds the longest chat it rendered that the prompt starts with.
 
+``/metrics`` serves vLLM's ``vllm:prompt_tokens`` and ``vllm:generation_tokens`` counters,
+counted from the usage of every generation the server answered.
+
 Faults are scripted per generation request on both routes (``fail_next``: 429/5xx,
 ``refuse_message``: 400, ``drop_next``: the connection closes unanswered,
 ``generation_delay_s``: a slow reply) and on every POST (``delay_s``); a refused connection
@@ -133,6 +136,13 @@ class ScriptedServer:
                 elif outer.token_api and path == "/tokenizer_info":
                     self._send(200, {"tokenizer_class": "ScriptedTokenizer",
                                      "extra_special_tokens": sorted(outer.special)})
+                elif path == "/metrics":
+                    data = outer.metrics().encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                 else:
                     self._send(404, {"message": "not found"})
 
@@ -179,6 +189,20 @@ class ScriptedServer:
             return self.script.reply(body)  # type: ignore[no-any-return]
         with self._reply_lock:
             return self.script.reply(body)  # type: ignore[no-any-return]
+
+    def metrics(self) -> str:
+        """vLLM's token counters in Prometheus text, counted from what the server answered:
+        every logged generation's usage, a stream counting only the tokens it sent (as vLLM
+        counts what it decoded before a client left)."""
+        log = list(getattr(self.script, "log", []))
+        with self._lock:
+            unsent = sum(s.tokens - s.sent for s in self.streams)
+        counts = {"prompt": sum(e["usage"]["prompt_tokens"] for e in log),
+                  "generation": sum(e["usage"]["completion_tokens"] for e in log) - unsent}
+        label = f'{{model_name="{SERVED_NAME}"}}'
+        return "".join(f"# TYPE vllm:{name}_tokens counter\n"
+                       f"vllm:{name}_tokens_total{label} {float(count)}\n"
+                       for name, count in counts.items())
 
     def rendered(self, body: dict[str, Any]) -> str:
         """A chat request's ``messages`` and ``tools`` through this server's chat template."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._endpoint import Endpoint
 from .._errors import DynasorError
+from .._state import Usage, empty_usage, sum_usage
 from ..cot import CoTConfig, create_cot
 from ..scheduler import ProgramResult, Scheduler, SchedulerConfig
 
@@ -51,6 +52,11 @@ class LoadReport:
     stop_reasons: dict[str, int] = field(default_factory=dict)
     max_program_tokens: int = 0
     """The most tokens one program generated (a budget bounds it)."""
+    latencies_s: tuple[float, ...] = ()
+    """Each program's latency (:attr:`ProgramResult.latency_s`) that ended with a result, in
+    question order."""
+    usage: Usage = field(default_factory=empty_usage)
+    """The programs' own usage records summed (reasoning, probes, discarded tokens)."""
 
     @property
     def ok(self) -> bool:
@@ -116,7 +122,9 @@ async def run_load(endpoint: Endpoint, questions: Sequence[str], scheduler: Sche
         peak_mb=round(peak / 2**20, 1), retained_mb=round((held - held_before) / 2**20, 1),
         tokens=sum(r.tokens for r in results), seconds=round(seconds, 2),
         stop_reasons=dict(Counter(r.stop_reason for r in results)),
-        max_program_tokens=max((r.tokens for r in results), default=0))
+        max_program_tokens=max((r.tokens for r in results), default=0),
+        latencies_s=tuple(round(r.latency_s, 3) for r in results),
+        usage=sum_usage(r.output["usage"] for r in results if "usage" in r.output))
 
 
 def _thread(prefix: str | None, index: int) -> dict[str, Any] | None:
