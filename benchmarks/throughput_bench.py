@@ -2,7 +2,7 @@
 overlapped probing, and plain generation (issue 16).
 
 For each ``--programs`` N (default 8 and 32), the first N problems of ``--dataset`` run at
-once, three times over, each mode on a cold prefix cache:
+once, in each mode in turn, each mode on a cold prefix cache:
 
 - ``plain``: one non-streamed ``/v1/completions`` request per problem (the library's token
   route, the same client as the programs' chunks) with the rendered prompt ids a program
@@ -15,9 +15,9 @@ once, three times over, each mode on a cold prefix cache:
 Greedy (``temperature=0``, ``seed=0``) throughout. Per mode: wall-clock for all N; generated
 tokens and tokens per second counted twice, by vLLM's own ``vllm:generation_tokens`` counter
 (the delta of ``/metrics`` around the mode) and by the server's ``usage`` as the client
-received it (they must agree); tokens used per answer (reasoning + probes: what the answer
-needed), reasoning tokens, discarded tokens (overlapped: streamed past an exit), p50/p90
-program latency, client CPU seconds, stop reasons.
+received it (they must agree); programs per minute; tokens used per answer (reasoning +
+probes: what the answer needed); reasoning tokens; discarded tokens (overlapped: streamed
+past an exit); p50/p90 program latency; client CPU seconds; stop reasons.
 
 Unless ``--api-base`` is given, it starts its OWN local vLLM (SmolLM2-135M on the CPU, what
 ``dynasor-graph serve-local`` runs) on a free port with ``VLLM_SERVER_DEV_MODE=1`` (for
@@ -26,7 +26,7 @@ the end. ``--timeout`` bounds the measured runs; a mode cut short is reported as
 the rest are skipped. The load average of the machine is sampled every 5 s. Prints a Markdown
 table and writes ``--out``/throughput.json::
 
-    python benchmarks/throughput_bench.py                      # N = 8 and 32, 256 tokens
+    python benchmarks/throughput_bench.py   # N = 8 and 32, 256 tokens, chunk 64, threshold 2
     python benchmarks/throughput_bench.py --programs 4 --max-tokens 64 --timeout 300
 """
 
@@ -103,6 +103,8 @@ class ModeRun:
             "tokens_metrics": self.metrics_tokens, "tokens_usage": self.usage_tokens,
             "tok_s_metrics": _round(self.per_second(self.metrics_tokens)),
             "tok_s_usage": _round(self.per_second(self.usage_tokens)),
+            "programs_per_min": _round(60 * len(self.latencies_s) / self.wall_s
+                                       if self.wall_s else None),
             "used_per_answer": _round(self.used_tokens / max(1, len(self.latencies_s))),
             "reasoning_per_answer": _round(self.reasoning_tokens / max(1, len(self.latencies_s))),
             "discarded": self.discarded_tokens,
@@ -308,8 +310,8 @@ async def bench(endpoint: Endpoint, args: argparse.Namespace,
 def table(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The report's Markdown table."""
     lines = ["| N | mode | wall s | gen tokens /metrics | gen tokens usage | tok/s /metrics | "
-             "tok/s usage | used per answer | reasoning per answer | discarded | p50 s | "
-             "p90 s | client CPU s | stops |", "|" + "---|" * 14]
+             "tok/s usage | programs/min | used per answer | reasoning per answer | "
+             "discarded | p50 s | p90 s | client CPU s | stops |", "|" + "---|" * 15]
     for r in rows:
         stops = ", ".join(f"{k} {v}" for k, v in sorted(r["stops"].items()))
         if r["timed_out"]:
@@ -319,6 +321,7 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {r['N']} | {r['mode']} | {r['wall_s']} | {r['tokens_metrics']} | "
             f"{r['tokens_usage']} | {r['tok_s_metrics']} | {r['tok_s_usage']} | "
+            f"{r['programs_per_min']} | "
             f"{r['used_per_answer']} | {r['reasoning_per_answer']} | {r['discarded']} | "
             f"{r['p50_s']} | {r['p90_s']} | {r['client_cpu_s']} | {stops} |")
     return lines
@@ -348,7 +351,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", default=DATASET, help="jsonl problems (or generated:...)")
     parser.add_argument("--max-tokens", type=int, default=256, help="reasoning budget")
     parser.add_argument("--chunk", type=int, default=64)
-    parser.add_argument("--threshold", type=int, default=3, help="agreeing probes to exit")
+    parser.add_argument("--threshold", type=int, default=2, help="agreeing probes to exit")
     parser.add_argument("--timeout", type=float, default=1200,
                         help="bound in seconds on the measured runs and the warm-up")
     parser.add_argument("--api-base", help="a running server instead of a fresh one (its "
