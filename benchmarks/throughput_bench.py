@@ -2,7 +2,8 @@
 overlapped probing, and plain generation (issue 16).
 
 For each ``--programs`` N (default 8 and 32), the first N problems of ``--dataset`` run at
-once, in each mode in turn, each mode on a cold prefix cache:
+once in each mode, ``--repeats`` times (the modes interleaved run by run, so background load
+falls on all of them alike), every run on a cold prefix cache:
 
 - ``plain``: one non-streamed ``/v1/completions`` request per problem (the library's token
   route, the same client as the programs' chunks) with the rendered prompt ids a program
@@ -24,7 +25,8 @@ Unless ``--api-base`` is given, it starts its OWN local vLLM (SmolLM2-135M on th
 ``/reset_prefix_cache`` between modes), so the ``/metrics`` deltas are its own, and stops it at
 the end. ``--timeout`` bounds the measured runs; a mode cut short is reported as such and
 the rest are skipped. The load average of the machine is sampled every 5 s. Prints a Markdown
-table and writes ``--out``/throughput.json::
+table of every run and one of the medians per (N, mode), and writes
+``--out``/throughput.json::
 
     python benchmarks/throughput_bench.py   # N = 8 and 32, 256 tokens, chunk 64, threshold 2
     python benchmarks/throughput_bench.py --programs 4 --max-tokens 64 --timeout 300
@@ -70,6 +72,7 @@ class ModeRun:
 
     mode: Mode
     programs: int
+    repeat: int = 0
     wall_s: float = 0.0
     metrics_tokens: int | None = None
     """``vllm:generation_tokens`` delta around the mode (None: the server has no /metrics)."""
@@ -99,7 +102,8 @@ class ModeRun:
         """The figures of the report, rounded."""
         lat = sorted(self.latencies_s)
         return {
-            "N": self.programs, "mode": self.mode, "wall_s": round(self.wall_s, 1),
+            "N": self.programs, "mode": self.mode, "repeat": self.repeat,
+            "wall_s": round(self.wall_s, 1),
             "tokens_metrics": self.metrics_tokens, "tokens_usage": self.usage_tokens,
             "tok_s_metrics": _round(self.per_second(self.metrics_tokens)),
             "tok_s_usage": _round(self.per_second(self.usage_tokens)),
@@ -189,9 +193,9 @@ async def run_programs(endpoint: Endpoint, questions: Sequence[str], config: CoT
 
 async def measure(endpoint: Endpoint, mode: Mode, questions: Sequence[str],
                   prompts: Sequence[list[int]], args: argparse.Namespace, counters: Counters,
-                  timeout_s: float) -> ModeRun:
+                  timeout_s: float, repeat: int = 0) -> ModeRun:
     """One mode with ``len(questions)`` programs at once, between two /metrics readings."""
-    run = ModeRun(mode=mode, programs=len(questions))
+    run = ModeRun(mode=mode, programs=len(questions), repeat=repeat)
     before = counters()
     cpu, start = time.process_time(), time.perf_counter()
     try:
@@ -271,7 +275,9 @@ async def bench(endpoint: Endpoint, args: argparse.Namespace,
     runs: list[ModeRun] = []
     resets: list[bool] = []
     modes: list[Mode] = args.modes
-    bar = progress_bar(len(args.programs) * len(modes) + 1, "throughput", args.progress)
+    planned = [(n, repeat, mode) for n in args.programs for repeat in range(args.repeats)
+               for mode in modes]  # the modes interleaved: background load falls on all
+    bar = progress_bar(len(planned) + 1, "throughput", args.progress)
     try:
         warm_prompt = await render_chat(endpoint, chat_messages(
             {"question": warm_up.question}, None))
@@ -282,36 +288,54 @@ async def bench(endpoint: Endpoint, args: argparse.Namespace,
         if bar is not None:
             bar.update()
         measured_from = sampler.samples[-1][0] if sampler.samples else 0.0
-        for n in args.programs:
-            for mode in modes:
-                left = deadline - time.monotonic()
-                if left <= 0 or any(r.timed_out for r in runs):
-                    break
-                resets.append(await reset_prefix_cache(endpoint))
-                run = await measure(endpoint, mode, [p.question for p in problems[:n]],
-                                    prompts[:n], args, counters, left)
-                runs.append(run)
-                if bar is not None:
-                    bar.update()
-                    rate = run.per_second(run.usage_tokens) or 0.0
-                    bar.set_postfix({"last": f"N={n} {mode} {rate:.1f} tok/s"})
+        for n, repeat, mode in planned:
+            left = deadline - time.monotonic()
+            if left <= 0 or any(r.timed_out for r in runs):
+                break
+            resets.append(await reset_prefix_cache(endpoint))
+            run = await measure(endpoint, mode, [p.question for p in problems[:n]],
+                                prompts[:n], args, counters, left, repeat)
+            runs.append(run)
+            if bar is not None:
+                bar.update()
+                rate = run.per_second(run.usage_tokens) or 0.0
+                bar.set_postfix({"last": f"N={n} {mode} {rate:.1f} tok/s"})
     finally:
         if bar is not None:
             bar.close()
         await sampler.stop()
-    return {"rows": [r.row() for r in runs], "latencies_s": {
-                f"{r.programs} {r.mode}": r.latencies_s for r in runs},
+    rows = [r.row() for r in runs]
+    return {"rows": rows, "medians": medians(rows), "latencies_s": {
+                f"{r.programs} {r.mode} #{r.repeat}": r.latencies_s for r in runs},
             "prefix_cache_reset": all(resets) if resets else None,
             "load_average": sampler.summary(measured_from), "load_samples": sampler.samples,
-            "skipped": [f"{n} {m}" for n in args.programs for m in modes
-                        if not any(r.programs == n and r.mode == m for r in runs)]}
+            "skipped": [f"{n} {mode} #{repeat}" for n, repeat, mode in planned[len(runs):]]}
+
+
+MEDIAN_FIELDS = ("wall_s", "tok_s_metrics", "tok_s_usage", "programs_per_min", "p50_s", "p90_s")
+
+
+def medians(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (N, mode), the median over its repeats of the timing figures (token counts do not
+    vary: greedy, the same problems)."""
+    keys = list(dict.fromkeys((r["N"], r["mode"]) for r in rows))
+    out = []
+    for n, mode in keys:
+        mine = [r for r in rows if (r["N"], r["mode"]) == (n, mode)]
+        row: dict[str, Any] = {"N": n, "mode": mode, "runs": len(mine)}
+        for name in MEDIAN_FIELDS:
+            values = [r[name] for r in mine if r[name] is not None]
+            row[name] = round(statistics.median(values), 1) if values else None
+        out.append(row)
+    return out
 
 
 def table(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The report's Markdown table."""
-    lines = ["| N | mode | wall s | gen tokens /metrics | gen tokens usage | tok/s /metrics | "
-             "tok/s usage | programs/min | used per answer | reasoning per answer | "
-             "discarded | p50 s | p90 s | client CPU s | stops |", "|" + "---|" * 15]
+    lines = ["| N | mode | run | wall s | gen tokens /metrics | gen tokens usage | "
+             "tok/s /metrics | tok/s usage | programs/min | used per answer | "
+             "reasoning per answer | discarded | p50 s | p90 s | client CPU s | stops |",
+             "|" + "---|" * 16]
     for r in rows:
         stops = ", ".join(f"{k} {v}" for k, v in sorted(r["stops"].items()))
         if r["timed_out"]:
@@ -319,7 +343,8 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
         if r["errors"]:
             stops += f" errors {r['errors']}"
         lines.append(
-            f"| {r['N']} | {r['mode']} | {r['wall_s']} | {r['tokens_metrics']} | "
+            f"| {r['N']} | {r['mode']} | {r['repeat'] + 1} | {r['wall_s']} | "
+            f"{r['tokens_metrics']} | "
             f"{r['tokens_usage']} | {r['tok_s_metrics']} | {r['tok_s_usage']} | "
             f"{r['programs_per_min']} | "
             f"{r['used_per_answer']} | {r['reasoning_per_answer']} | {r['discarded']} | "
@@ -347,6 +372,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--programs", type=int, nargs="+", default=[8, 32],
                         help="concurrent programs, one run of every mode for each")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of every (N, mode)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--dataset", default=DATASET, help="jsonl problems (or generated:...)")
     parser.add_argument("--max-tokens", type=int, default=256, help="reasoning budget")
@@ -381,7 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "server_ready": server_ready.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds")})
-    lines = table(report["rows"])
+    lines = [*table(report["rows"]), "", "Medians over the runs:", "",
+             "| N | mode | runs | " + " | ".join(MEDIAN_FIELDS) + " |",
+             "|" + "---|" * (3 + len(MEDIAN_FIELDS)),
+             *(f"| {m['N']} | {m['mode']} | {m['runs']} | "
+               + " | ".join(str(m[f]) for f in MEDIAN_FIELDS) + " |"
+               for m in report["medians"])]
     report["table"] = lines
     print("\n".join(lines))
     print(f"\nload average (1 min) during the runs: {report['load_average']}; "

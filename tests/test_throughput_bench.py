@@ -38,22 +38,25 @@ async def test_each_mode_counts_what_the_server_generated_during_it(
     args = bench.parse_args([
         "--programs", "2", "3", "--modes", "plain", "sequential", "--max-tokens",
         str(MAX_TOKENS), "--chunk", str(CHUNK), "--threshold", "3", "--timeout", "120",
-        "--dataset", "generated:arithmetic?n=4&seed=0", "--no-progress"])
+        "--repeats", "2", "--dataset", "generated:arithmetic?n=4&seed=0", "--no-progress"])
     report = await bench.bench(endpoint, args)
 
     probe = len(tokens(PROBE)) * (MAX_TOKENS // CHUNK)  # probe tokens of one program
-    rows = {(r["N"], r["mode"]): r for r in report["rows"]}
-    assert list(rows) == [(2, "plain"), (2, "sequential"), (3, "plain"), (3, "sequential")]
-    for (n, mode), row in rows.items():
+    rows = {(r["N"], r["mode"], r["repeat"]): r for r in report["rows"]}
+    assert list(rows) == [(n, mode, repeat) for n in (2, 3) for repeat in (0, 1)
+                          for mode in ("plain", "sequential")]
+    for (n, mode, repeat), row in rows.items():
         per_program = MAX_TOKENS + (probe if mode == "sequential" else 0)
         assert row["tokens_metrics"] == row["tokens_usage"] == n * per_program, row
         assert row["used_per_answer"] == per_program
         assert row["reasoning_per_answer"] == MAX_TOKENS
         assert row["discarded"] == 0 and not row["timed_out"] and not row["errors"]
-        assert len(report["latencies_s"][f"{n} {mode}"]) == n
-    assert rows[2, "plain"]["stops"] == {"length": 2}
-    assert rows[3, "sequential"]["stops"] == {"budget": 3}
-    assert rows[3, "sequential"]["scheduler_tokens"] == 3 * (MAX_TOKENS + probe)
+        assert len(report["latencies_s"][f"{n} {mode} #{repeat}"]) == n
+    assert rows[2, "plain", 1]["stops"] == {"length": 2}
+    assert rows[3, "sequential", 0]["stops"] == {"budget": 3}
+    assert rows[3, "sequential", 1]["scheduler_tokens"] == 3 * (MAX_TOKENS + probe)
+    assert [(m["N"], m["mode"], m["runs"]) for m in report["medians"]] == [
+        (2, "plain", 2), (2, "sequential", 2), (3, "plain", 2), (3, "sequential", 2)]
     # Everything the server generated is in a row, but the warm-up (one program per mode).
     served = sum(e["usage"]["completion_tokens"] for e in scripted.script.log)
     warm_up = MAX_TOKENS + (MAX_TOKENS + probe)
