@@ -372,7 +372,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--programs", type=int, nargs="+", default=[8, 32],
                         help="concurrent programs, one run of every mode for each")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of every (N, mode)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every (N, mode)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--dataset", default=DATASET, help="jsonl problems (or generated:...)")
     parser.add_argument("--max-tokens", type=int, default=256, help="reasoning budget")
