@@ -207,6 +207,7 @@ async def measure(endpoint: Endpoint, mode: Mode, questions: Sequence[str],
         run.timed_out = True
     run.wall_s = time.perf_counter() - start
     run.client_cpu_s = time.process_time() - cpu
+    await asyncio.sleep(args.settle_s)  # an aborted stream's last engine step lands late
     after = counters()
     if before is not None and after is not None:
         spent = counter_delta(before, after)
@@ -380,6 +381,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=int, default=2, help="agreeing probes to exit")
     parser.add_argument("--timeout", type=float, default=1200,
                         help="bound in seconds on the measured runs and the warm-up")
+    parser.add_argument("--settle-s", type=float, default=1.0, help="wait before reading "
+                        "/metrics after a run (not timed)")
     parser.add_argument("--api-base", help="a running server instead of a fresh one (its "
                         "/metrics deltas then include any other traffic)")
     parser.add_argument("--model", default="hosted_vllm/smollm2-135m-instruct")

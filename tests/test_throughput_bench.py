@@ -38,7 +38,8 @@ async def test_each_mode_counts_what_the_server_generated_during_it(
     args = bench.parse_args([
         "--programs", "2", "3", "--modes", "plain", "sequential", "--max-tokens",
         str(MAX_TOKENS), "--chunk", str(CHUNK), "--threshold", "3", "--timeout", "120",
-        "--repeats", "2", "--dataset", "generated:arithmetic?n=4&seed=0", "--no-progress"])
+        "--repeats", "2", "--settle-s", "0", "--dataset", "generated:arithmetic?n=4&seed=0",
+        "--no-progress"])
     report = await bench.bench(endpoint, args)
 
     probe = len(tokens(PROBE)) * (MAX_TOKENS // CHUNK)  # probe tokens of one program
