@@ -146,6 +146,7 @@ def metrics_reader(endpoint: Endpoint) -> Counters:
 
 def cot_config(probing: Literal["sequential", "overlapped"], args: argparse.Namespace,
                ) -> CoTConfig:
+    """The programs' settings: greedy, so every run of a mode makes the same tokens."""
     return CoTConfig(chunk_size=args.chunk, max_tokens=args.max_tokens,
                      certainty_threshold=args.threshold, temperature=0, probe_temperature=0,
                      seed=0, probing=probing)
