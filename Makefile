@@ -49,12 +49,15 @@ lint: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(abspath $(VENV))/site
 
+# The scripted tests in 4 workers (they mostly wait), then the real vLLM and the load tests in
+# one process: they share one session-scoped vLLM, and load tests must not share the cores.
 test: lint docs
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -ra -n 4 -m "not vllm and not slow" --durations=10
+	$(BIN)/python -m pytest -ra -m "vllm or slow" --durations=15
 
 # The loop while editing: everything but the real vLLM (`vllm`) and minutes-long load (`slow`).
 test-fast: lint
-	$(BIN)/python -m pytest -ra -m "not vllm and not slow" --durations=10
+	$(BIN)/python -m pytest -ra -n 4 -m "not vllm and not slow" --durations=10
 
 clean:
 	rm -rf $(VENV)
