@@ -140,11 +140,11 @@ async def test_a_text_mode_run_knows_no_window(
 
 
 async def test_an_answer_written_after_the_thinking_closed_keeps_no_room_for_a_probe() -> None:
-    # An R1-style template (the generation prompt opens the thinking): the model closes its
+    # R1-Distill's template (its generation prompt opens the thinking): the model closes its
     # thinking in its first chunk and writes its answer. No probe follows an answer, so the
     # answer may fill the whole window (room 6 plus the probe's), then the run stops there.
     script = Script(reasoning=["a ", "</think>", "\\boxed{5} ", *[f"x{i} " for i in range(99)]])
-    with ScriptedServer(script, token_api=True, opens_thinking=True) as server:
+    with ScriptedServer(script, chat_template="deepseek_r1_distill") as server:
         endpoint = Endpoint(model="m", api_base=server.api_base, timeout_s=10,
                             continuation="tokens", max_retries=0)
         reserve = suffix_length(endpoint) + PROBE
