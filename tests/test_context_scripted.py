@@ -6,6 +6,7 @@ and the server's own counts; nothing sent ever passes the window."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,6 +31,14 @@ from dynasor_graph.certaindex import weighted_majority
 from dynasor_graph.rewards import FunctionReward
 
 PROBE = 3  # probe_max_tokens in these tests
+
+
+@pytest.fixture
+def fresh_limits() -> Iterator[None]:
+    """No window cached before or after: an earlier or later test's server may have the port."""
+    _LIMITS.clear()
+    yield
+    _LIMITS.clear()
 
 
 def token_endpoint(scripted: ScriptedServer, client: str = "litellm") -> Endpoint:
@@ -92,12 +101,11 @@ async def test_the_window_is_learned_from_tokenize_without_another_request(
 
 
 async def test_without_it_in_tokenize_the_window_is_read_once_from_v1_models(
-    scripted: ScriptedServer,
+    scripted: ScriptedServer, fresh_limits: None,
 ) -> None:
     endpoint = token_endpoint(scripted)
     scripted.script.max_model_len = window(endpoint, 6)
     scripted.script.tokenize_reports_limit = False
-    _LIMITS.clear()  # an earlier test's server may have had this port
     config = CoTConfig(chunk_size=4, max_tokens=1024, probe_max_tokens=PROBE)
     for _ in range(2):
         result = await create_cot(endpoint, config).ainvoke({"question": "q"})
@@ -106,11 +114,10 @@ async def test_without_it_in_tokenize_the_window_is_read_once_from_v1_models(
 
 
 async def test_a_server_that_reports_no_window_is_sent_what_it_was_before(
-    scripted: ScriptedServer,
+    scripted: ScriptedServer, fresh_limits: None,
 ) -> None:
     endpoint = token_endpoint(scripted)
     scripted.script.tokenize_reports_limit = scripted.script.models_report_limit = False
-    _LIMITS.clear()
     scripted.script.max_model_len = window(endpoint, 6)  # enforced, but unknown to the client
     config = CoTConfig(chunk_size=4, max_tokens=1024, probe_max_tokens=PROBE)
     with pytest.raises(ServerRefused, match="maximum context length is"):
@@ -145,7 +152,8 @@ async def test_an_answer_written_after_the_thinking_closed_keeps_no_room_for_a_p
     # answer may fill the whole window (room 6 plus the probe's), then the run stops there.
     script = Script(reasoning=["a ", "</think>", "\\boxed{5} ", *[f"x{i} " for i in range(99)]])
     with ScriptedServer(script, chat_template="deepseek_r1_distill") as server:
-        endpoint = Endpoint(model="m", api_base=server.api_base, timeout_s=10,
+        # its own model name: the format detected here is cached for this server and name only
+        endpoint = Endpoint(model="context-r1", api_base=server.api_base, timeout_s=10,
                             continuation="tokens", max_retries=0)
         reserve = suffix_length(endpoint) + PROBE
         limit = script.max_model_len = window(endpoint, 6)
