@@ -13,6 +13,7 @@ The package, by room::
       _probe.py  certaindex.py            the probe; the Certaindex measures and route_on
       _endpoint.py                        the Endpoint config and the per-program hooks
       _token_route.py  _text_route.py     the two ways to continue a program (LiteLLM → vLLM)
+      _context.py                         the server's context window, learned and kept to
       _http.py  _errors.py                connections; the errors and their translation
       rewards.py  agents.py  scheduler.py reward models; agent early stop; many programs
       eval/  local/                       evaluation tooling; the embedded local vLLM

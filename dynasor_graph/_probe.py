@@ -17,9 +17,10 @@ from langgraph.config import get_stream_writer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._answers import HESITATION_WORDS, answer_end, is_confident, probe_answer
+from ._context import context_limit, no_room
 from ._endpoint import Completion, Endpoint, Message
 from ._text_route import complete
-from ._token_route import extend
+from ._token_route import extend, room, tokenize
 from .certaindex import Decision, logprob_confidence
 
 DEFAULT_PROBE_SUFFIX = (
@@ -100,6 +101,24 @@ async def ask_probe(
     return ProbeReply(answer=probe_answer(reply.text),
                       confident=is_confident(reply.text, settings.hesitation_words),
                       completion=reply)
+
+
+async def chunk_room(endpoint: Endpoint, settings: ProbeConfig, prompt_ids: Sequence[int] | None,
+                     generated: int, *, probe: bool = True) -> int | None:
+    """The most tokens the next chunk may generate after ``prompt_ids`` and ``generated``
+    tokens so that it, and the probe after it (unless ``probe=False``), fit in the server's
+    context window; ``None`` when no window is known (text mode, a server without
+    ``max_model_len``). A prompt that leaves no room for even the first token and its probe
+    raises :class:`~dynasor_graph.ServerRefused` before anything is sent."""
+    if prompt_ids is None:
+        return None
+    suffix, then = (settings.probe_suffix, settings.probe_max_tokens) if probe else ("", 0)
+    left = await room(endpoint, len(prompt_ids) + generated, suffix=suffix, then=then)
+    if left is not None and left < 1 and generated == 0:
+        limit = await context_limit(endpoint)
+        reserve = (len(await tokenize(endpoint, suffix)) if suffix else 0) + then
+        raise no_room(endpoint, len(prompt_ids), reserve, limit or 0)
+    return left
 
 
 TRANSITION_MARKERS = ("Wait", "Alternatively", "\n\n")

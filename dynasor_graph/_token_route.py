@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from ._context import context_limit, remember
 from ._endpoint import Completion, Endpoint, Message, admitted, request_tags_for, session_headers
 from ._errors import ServerRefused, endpoint_error
 from ._http import openai_client, post_json
@@ -72,12 +73,25 @@ async def tokenize(endpoint: Endpoint, text: str) -> tuple[int, ...]:
 
 
 def token_ids(payload: dict[str, Any], endpoint: Endpoint, path: str) -> list[int]:
-    """The ``tokens`` list of a ``/tokenize`` answer, or a clear refusal."""
+    """The ``tokens`` list of a ``/tokenize`` answer, or a clear refusal; the server's context
+    window it reports (``max_model_len``) is remembered (:mod:`._context`)."""
+    remember(endpoint, payload)
     tokens = payload.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
         raise ServerRefused(f"{endpoint.server_root}{path} answered without token ids",
                             api_base=endpoint.api_base)
     return tokens
+
+
+async def room(endpoint: Endpoint, prompt: int, *, suffix: str = "", then: int = 0
+               ) -> int | None:
+    """The most tokens a request whose prompt is ``prompt`` tokens may generate so that, after
+    them, ``suffix`` and ``then`` more generated tokens (the probe that follows a chunk) still
+    fit in the server's context window; ``None`` when the server reports no window."""
+    # the suffix first: its /tokenize answer carries the window, so reading it costs nothing
+    reserve = (len(await tokenize(endpoint, suffix)) if suffix else 0) + then
+    limit = await context_limit(endpoint)
+    return None if limit is None else limit - prompt - reserve
 
 
 def completion_body(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens: int,

@@ -2,14 +2,16 @@
 
 A tree is a list of :class:`TreeNode` in the state (merged by id, so parallel ``Send``
 expansions each add their own child). A step is one continuation of up to ``chunk_size``
-tokens; a node is terminal when the model ended its turn there or at ``max_depth``.
+tokens; a node is terminal when the model ended its turn there, at ``max_depth``, or where its
+path fills the server's context window (token mode: a step is cut to what the window holds,
+and a path no further step fits in ends there, as at ``max_depth``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._answers import final_answer
 from ._compat import renamed_fields
+from ._context import context_limit, no_room
 from ._endpoint import Endpoint, keyed, new_session_id, retry_policy
 from ._state import (
     CoTInput,
@@ -28,7 +31,7 @@ from ._state import (
     sum_usage,
 )
 from ._thinking import detect
-from ._token_route import extend, render_chat
+from ._token_route import extend, render_chat, room
 from .certaindex import answer_entropy, combine, reward_certaindex, weighted_majority
 from .rewards import RewardModel
 
@@ -37,9 +40,10 @@ class TreeConfig(BaseModel):
     """Settings shared by the tree searches (MCTS, Rebase): steps, bounds and exit thresholds.
 
     A step is up to ``chunk_size`` tokens of the model's own continuation; a path ends when the
-    model ends its turn or at ``max_depth`` steps. The Certaindex combines the reward measure
-    (threshold ``reward_threshold``) and, if ``entropy_threshold`` is set, the answer entropy of
-    the finished paths; it may end the run once ``detect_at`` paths have finished.
+    model ends its turn, at ``max_depth`` steps, or where it fills the server's context window.
+    The Certaindex combines the reward measure (threshold ``reward_threshold``) and, if
+    ``entropy_threshold`` is set, the answer entropy of the finished paths; it may end the run
+    once ``detect_at`` paths have finished.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -91,6 +95,8 @@ class TreeNode(TypedDict):
     """What producing and scoring this step cost; the search's usage is the sum over nodes."""
     token_ids: list[int]
     """The step's generated token ids (token-exact mode; empty in text mode)."""
+    context_full: NotRequired[bool]
+    """The path fills the server's context window here: no further step fits (terminal)."""
 
 
 class TreeOutput(MultiPathOutput, total=False):
@@ -197,14 +203,25 @@ def expand_node(endpoint: Endpoint, config: TreeConfig) -> Any:
 
     async def expand(task: dict[str, Any]) -> dict[str, Any]:
         parent: TreeNode = task["parent"]
+        prompt_ids, prefix_ids = task.get("prompt_ids"), task.get("prefix_ids", [])
+        left = None if prompt_ids is None else await room(
+            endpoint, len(prompt_ids) + len(prefix_ids))
+        if left is not None and left < 1:  # only a prompt that fills the window (see below)
+            raise no_room(endpoint, len(prompt_ids or ()) + len(prefix_ids), 0,
+                          await context_limit(endpoint) or 0)
         step = await extend(
-            endpoint, task["chat"], task.get("prompt_ids"), task.get("prefix_ids", []),
-            task["prefix"], max_tokens=task["max_tokens"], temperature=config.temperature,
-            top_p=config.top_p, seed=None if config.seed is None else config.seed + task["id"],
+            endpoint, task["chat"], prompt_ids, prefix_ids, task["prefix"],
+            max_tokens=task["max_tokens"] if left is None else min(task["max_tokens"], left),
+            temperature=config.temperature, top_p=config.top_p,
+            seed=None if config.seed is None else config.seed + task["id"],
         )
         node = new_node(task["id"], parent, step.text)
         node["token_ids"] = list(step.token_ids)
-        if step.finish_reason != "length" or node["depth"] >= config.max_depth:
+        if left is not None and step.finish_reason == "length" and (
+                left - step.completion_tokens < 1):  # no further step fits below this node
+            node["context_full"] = True
+        if (step.finish_reason != "length" or node["depth"] >= config.max_depth
+                or node.get("context_full")):
             node["terminal"] = True
             fmt = await detect(endpoint)  # the answer from the family's answer section
             node["answer"] = final_answer(fmt.answer(task["prefix"] + step.text))
@@ -254,6 +271,13 @@ def tree_certaindex(
 def finished_paths(nodes: list[TreeNode]) -> list[TreeNode]:
     """Terminal nodes that have been scored: the tree's finished solutions."""
     return [n for n in nodes if n["terminal"] and n["reward"] is not None]
+
+
+def walled(nodes: list[TreeNode]) -> bool:
+    """True when every path the tree ended, ended by filling the server's context window:
+    a search that stops for want of anything to expand then stops for ``context``."""
+    ended = [n for n in nodes if n["terminal"]]
+    return bool(ended) and all(n.get("context_full", False) for n in ended)
 
 
 async def finish(state: TreeState) -> dict[str, Any]:

@@ -55,12 +55,13 @@ from ._answers import equivalent
 Decision = Literal["continue", "exit", "widen"]
 """Where a conditional edge goes next: stop and answer, reason on, or branch wider."""
 
-StopReason = Literal["certain", "finished", "answered", "budget", "width", "exhausted",
-                     "repeated_tool_call", "timeout", "abstained"]
+StopReason = Literal["certain", "finished", "answered", "budget", "context", "width",
+                     "exhausted", "repeated_tool_call", "timeout", "abstained"]
 """Why a program stopped, one vocabulary for every algorithm: its Certaindex reached the
 threshold (``certain``); the model ended by itself (``finished``), after closing its thinking
 and writing its answer (``answered``: a reasoning model done on its own); the token budget ran out
-(``budget``); every allowed path was spent (``width``); a tree had nothing left to expand
+(``budget``); the reasoning filled the server's context window, so no further request could fit
+(``context``); every allowed path was spent (``width``); a tree had nothing left to expand
 (``exhausted``); an agent step only repeated earlier tool calls (``repeated_tool_call``); or
 a scheduler stopped it (``timeout``, ``abstained``)."""
 

@@ -3,7 +3,8 @@
 The graph reasons in chunks of ``chunk_size`` tokens; after each chunk ``probe`` forces an
 immediate answer and scores the recent probes into the state's ``certaindex``; the router exits
 when it reaches 1.0 (the last ``certainty_threshold`` probes confident and equivalent), when
-the model finishes by itself, or when ``max_tokens`` is spent::
+the model finishes by itself, when ``max_tokens`` is spent, or when no further chunk and its
+probe fit in the server's context window (``max_model_len``, token mode)::
 
     START → prepare → reason ─continue→ probe ─continue→ reason …
                          └─exit→ finish ←exit─┘ → END
@@ -41,6 +42,7 @@ from ._probe import (
     TRANSITION_MARKERS,
     ProbeConfig,
     ask_probe,
+    chunk_room,
     crossed_transition,
     emit_probe_event,
 )
@@ -250,27 +252,31 @@ def prepare_node(endpoint: Endpoint, config: CoTConfig) -> Node:
 
 
 def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
-    """Extend the reasoning by at most ``chunk_size`` tokens, never past ``max_tokens``:
-    a new request (sequential probing) or the next tokens of the program's live stream
-    (overlapped probing, token mode), streamed to ``stream_mode="custom"`` as they arrive."""
+    """Extend the reasoning by at most ``chunk_size`` tokens, never past ``max_tokens`` nor
+    past what the server's context window holds with the probe after it (none left: exit,
+    stop reason ``context``): a new request (sequential probing) or the next tokens of the
+    program's live stream (overlapped probing, token mode), streamed to
+    ``stream_mode="custom"`` as they arrive."""
 
     async def reason(state: CoTState) -> dict[str, Any]:
         usage = state["usage"].copy()
         log = await read_log(state)
         remaining = token_cap(state, config) - usage["reasoning_tokens"]
+        fmt = await detect(endpoint)
+        room = await _context_room(endpoint, config, state, log, fmt)
+        if room is not None and room < 1:  # no chunk fits in the server's context window
+            return {"decision": "exit", "stop_reason": "context"}
+        size = min(config.chunk_size, remaining, remaining if room is None else room)
         if (config.probing == "overlapped" and state.get("prompt_ids") is not None
                 and state.get("session_id")):  # token mode, and a key for the live stream
-            chunk = await _take(endpoint, config, state, log, usage,
-                                min(config.chunk_size, remaining))
+            chunk = await _take(endpoint, config, state, log, usage, size, room)
         else:
             chunk = await extend(
                 endpoint, state["chat"], state.get("prompt_ids"), log.ids, log.text,
-                max_tokens=min(config.chunk_size, remaining),
-                temperature=config.temperature, top_p=config.top_p,
+                max_tokens=size, temperature=config.temperature, top_p=config.top_p,
                 seed=state.get("seed", config.seed))
         usage["reasoning_tokens"] += chunk.completion_tokens
         usage["reasoning_prompt_tokens"] += chunk.prompt_tokens
-        fmt = await detect(endpoint)
         usage["answer_tokens"] += answer_tokens(log.text, chunk, fmt, _ids(state, log))
         start = len(log.text)
         added, log = await add_chunk(state, log, chunk.token_ids, chunk.text, stream_key(state))
@@ -286,18 +292,33 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
     return keyed(reason)
 
 
+async def _context_room(endpoint: Endpoint, config: CoTConfig, state: CoTState, log: Log,
+                        fmt: ThinkingFormat) -> int | None:
+    """What the next chunk may generate within the server's context window (``None``: no
+    window known), keeping room for the probe after it — unless the model has closed its
+    thinking and is writing its answer, which no probe follows."""
+    prompt_ids = state.get("prompt_ids")
+    left = await chunk_room(endpoint, config, prompt_ids, len(log.ids))
+    if left is not None and left < config.chunk_size and thinking_closed(
+            log.text, fmt, _ids(state, log)):
+        left = await chunk_room(endpoint, config, prompt_ids, len(log.ids), probe=False)
+    return left
+
+
 async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, log: Log,
-                usage: Usage, n: int) -> Completion:
+                usage: Usage, n: int, room: int | None) -> Completion:
     """The chain's next ``n`` tokens from its live stream, opened (or re-opened token-exactly
     from the state's ids: after a resume, a retry, or every ``resubmit_every`` chunks) as one
-    request reaching the budget; what a replaced stream received past the state is counted
-    in ``usage["discarded_tokens"]``."""
+    request reaching the budget, or the ``room`` left in the context window if that is less;
+    what a replaced stream received past the state is counted in
+    ``usage["discarded_tokens"]``."""
     key, generated = stream_key(state), log.ids
+    budget = config.max_tokens - usage["reasoning_tokens"]
+    max_tokens = budget if room is None else min(budget, room)
 
     async def open_stream() -> tuple[LiveStream, int]:
         return await live_stream(
-            key, endpoint, state.get("prompt_ids") or [], generated,
-            max_tokens=config.max_tokens - usage["reasoning_tokens"],
+            key, endpoint, state.get("prompt_ids") or [], generated, max_tokens=max_tokens,
             temperature=config.temperature, top_p=config.top_p,
             seed=state.get("seed", config.seed))
 
@@ -306,8 +327,7 @@ async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, log: Log
             and not stream.ended and len(stream.ids) < stream.carried + stream.max_tokens):
         # re-submitted while it still has tokens to make: tagged anew by the policy's hook
         stream = await resubmit(
-            key, endpoint, state.get("prompt_ids") or [], generated,
-            max_tokens=config.max_tokens - usage["reasoning_tokens"],
+            key, endpoint, state.get("prompt_ids") or [], generated, max_tokens=max_tokens,
             temperature=config.temperature, top_p=config.top_p,
             seed=state.get("seed", config.seed))
     usage["discarded_tokens"] = usage.get("discarded_tokens", 0) + dropped
@@ -320,8 +340,9 @@ async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, log: Log
 
 def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True) -> Node:
     """Ask for the answer now, score the recent probes into ``certaindex``, and decide: exit
-    (certain, or the budget is spent) or continue. With ``probe_at='transitions'`` a chunk
-    that completes no transition marker is not probed (the budget's last one always is).
+    (certain, the budget is spent, or no further chunk fits in the server's context window:
+    ``context``) or continue. With ``probe_at='transitions'`` a chunk that completes no
+    transition marker is not probed (the last one before the budget or the window always is).
     ``early_exit=False`` only records (the Certaindex is still computed, the run goes on to
     its budget): what ``record`` uses.
 
@@ -337,7 +358,12 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
             # The model closed its thinking and is writing its answer: nothing left to probe.
             decision, stop_reason = route_on(0.0, stops=[("budget", spent)])
             return {"decision": decision, "stop_reason": stop_reason}
-        if config.probe_at == "transitions" and not spent and not crossed_transition(
+        # Room for a chunk after this probe in the context window: none left makes it the last.
+        after = await chunk_room(endpoint, config, state.get("prompt_ids"), len(log.ids))
+        if after is not None and after < 0:  # not even this probe fits: the last one answers
+            return {"decision": "exit", "stop_reason": "context"}
+        full = after is not None and after < 1
+        if config.probe_at == "transitions" and not (spent or full) and not crossed_transition(
                 log.text, state.get("chunk_start", 0), config.transition_markers):
             return {"decision": "continue", "stop_reason": None}  # no turn yet: reason on
         reply = await ask_probe(endpoint, state["chat"], log.text, config,
@@ -353,7 +379,7 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
         certaindex = cot_certaindex([*log.probes[-config.certainty_threshold:], record],
                                     config.certainty_threshold, config.min_probe_confidence)
         decision, stop_reason = route_on(certaindex if early_exit else 0.0,
-                                         stops=[("budget", spent)])
+                                         stops=[("budget", spent), ("context", full)])
         if decision == "exit":  # stop the live stream now, not a superstep later
             usage = await discard_stream(state, usage)
         emit_probe_event(reply, certaindex, decision, tokens=record["tokens"],

@@ -40,6 +40,7 @@ from ._tree import (
     finished_paths,
     search_builder,
     tree_certaindex,
+    walled,
 )
 from .certaindex import route_on
 from .rewards import RewardModel
@@ -115,8 +116,9 @@ def create_mcts(
 
     async def select(state: TreeState) -> dict[str, Any]:
         focus = _uct_leaf(state["nodes"], config)
-        if focus is None:
-            return {"decision": "exit", "stop_reason": "exhausted"}
+        if focus is None:  # nothing left to expand (every path at the window: context)
+            return {"decision": "exit",
+                    "stop_reason": "context" if walled(state["nodes"]) else "exhausted"}
         return {"focus": focus, "decision": "continue"}
 
     def after_backpropagate(state: TreeState) -> Literal["exit", "continue"] | list[Send]:

@@ -38,6 +38,7 @@ from ._tree import (
     finished_paths,
     search_builder,
     tree_certaindex,
+    walled,
 )
 from .certaindex import reward_concentration, route_on, softmax_weights
 from .rewards import RewardModel
@@ -109,10 +110,11 @@ def create_rebase(
                                       config.softmax_temperature) < config.widen_below
         can_widen = (spent or spread) and state["width"] < config.max_width
         ready = len(finished) >= config.detect_at
+        ended = not frontier or (spent and not can_widen)
         decision, stop_reason = route_on(
             certaindex if ready else 0.0, can_widen=can_widen,
-            stops=[("exhausted", not frontier), ("width", spent and not can_widen),
-                   ("budget", state["budget_left"] < 1)])
+            stops=[("context", ended and walled(nodes)), ("exhausted", not frontier),
+                   ("width", spent and not can_widen), ("budget", state["budget_left"] < 1)])
         return {"frontier": frontier, "certaindex": certaindex, "decision": decision,
                 "stop_reason": stop_reason}
 

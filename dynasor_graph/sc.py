@@ -7,9 +7,11 @@ entropy Certaindex of the finished paths and routes: **exit** once ``detect_at``
 finished and it reaches ``threshold`` (answer = the majority class); **continue** the paths
 still reasoning; when all have finished below the threshold, **widen** by ``widen_by`` new
 paths (``add_paths``), up to ``max_width``. ``token_budget`` bounds the generated tokens
-of all paths together. ``vote="weighted"`` or ``"filtered"`` (DeepConf) weighs each finished
-path by its confidence, the geometric-mean probability of its reasoning tokens, and stops on
-the weighted answer distribution::
+of all paths together; a path that fills the server's context window ends with its last
+probe's answer (stop reason ``context``, as is the run's when every path ended so).
+``vote="weighted"`` or ``"filtered"`` (DeepConf) weighs each finished path by its confidence,
+the geometric-mean probability of its reasoning tokens, and stops on the weighted answer
+distribution::
 
     START → prepare ─Send→ step … → score ─continue─Send→ step
                                         ├─widen→ add_paths ─Send→ step
@@ -214,9 +216,11 @@ def create_sc(
         ready = len(answers) >= config.detect
         can_widen = not running and room
         stuck = not running and not can_widen
+        walled = all(p.get("stop_reason") == "context" for p in paths)  # all hit the window
         decision, stop_reason = route_on(
             certaindex if ready else 0.0, config.threshold, can_widen=can_widen,
-            stops=[("width", stuck and len(paths) >= config.max_width), ("budget", stuck)])
+            stops=[("context", stuck and walled),
+                   ("width", stuck and len(paths) >= config.max_width), ("budget", stuck)])
         return {"paths": paths, "certaindex": certaindex, "answer": majority,
                 "decision": decision, "stop_reason": stop_reason,
                 "usage": sum_usage(p["usage"] for p in paths), "budget_left": budget_left}

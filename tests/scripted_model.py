@@ -262,7 +262,12 @@ class Script:
     token_delay_s: float = 0.0
     hold_after: int | None = None
     logprob: float = -0.25  # every generated token's logprob on the token route
-    max_model_len: int = 32768  # a longer token prompt is refused (400), as vLLM does
+    # The context window, reported by /tokenize and /v1/models (unless switched off, as a
+    # server that does not report it): a token request whose prompt plus max_tokens passes
+    # it is refused (400).
+    max_model_len: int = 32768
+    tokenize_reports_limit: bool = True
+    models_report_limit: bool = True
     log: list[dict[str, Any]] = field(default_factory=list)
     # Per-question scripts, keyed by the last user message: many programs can differ. Their
     # requests are logged in both their own script and this one.

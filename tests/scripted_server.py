@@ -9,8 +9,10 @@ It speaks both routes of the library:
 - chat completions (``/v1/chat/completions``, the text route), answered by ``Script.reply``;
 - vLLM's token API (the token route, ``token_api=True``): ``/tokenize`` renders chat messages
   through the chat template or tokenizes a plain prompt, answering the ids and
-  ``max_model_len``; ``/detokenize``; ``/tokenizer_info`` (the special tokens);
-  ``/v1/completions`` takes a token-id prompt, finds the chat it continues and the text
+  ``max_model_len`` (also listed by ``/v1/models``); ``/detokenize``; ``/tokenizer_info`` (the
+  special tokens); ``/v1/completions`` refuses, as vLLM does (400), a request whose prompt
+  plus ``max_tokens`` passes ``max_model_len``, else takes a token-id prompt, finds the chat it
+  continues and the text
   generated so far, asks the same ``Script.reply`` for the text, and answers it as vLLM does:
   ``token_ids`` (``return_token_ids``), ``logprobs`` with ``text_offset`` and
   ``token_logprobs``, usage counted in ids, and with ``stream=True`` as server-sent events
@@ -107,8 +109,9 @@ class ScriptedServer:
         # serialize: one script reply at a time (a script that is not thread-safe under load);
         # off by default, so a script can observe how many requests are in flight
         self._reply_lock: threading.Lock | None = threading.Lock() if serialize else None
-        # Every POST as it arrived, whatever the script answered: ``path``, ``headers`` (keys
-        # lower-cased) and the JSON ``body``. Security tests read it: a key must arrive here.
+        # Every POST (and GET /v1/models) as it arrived, whatever the script answered:
+        # ``path``, ``headers`` (keys lower-cased) and the JSON ``body``. Security tests read
+        # it: a key must arrive here.
         self.requests: list[dict[str, Any]] = []
         self.streams: list[Stream] = []  # every streamed reply, in order of arrival
         self._rendered: dict[tuple[int, ...], dict[str, Any]] = {}  # a real template's renders
@@ -129,8 +132,12 @@ class ScriptedServer:
             def do_GET(self) -> None:
                 path = self.path.rstrip("/")
                 if path.endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": SERVED_NAME,
-                                                                 "object": "model"}]})
+                    outer.requests.append({"path": self.path, "body": None, "headers": {
+                        key.lower(): value for key, value in self.headers.items()}})
+                    card: dict[str, Any] = {"id": SERVED_NAME, "object": "model"}
+                    if getattr(outer.script, "models_report_limit", True):
+                        card["max_model_len"] = getattr(outer.script, "max_model_len", 32768)
+                    self._send(200, {"object": "list", "data": [card]})
                 elif path == "/health":
                     self._send(200, {})
                 elif outer.token_api and path == "/tokenizer_info":
@@ -218,8 +225,10 @@ class ScriptedServer:
         if self.template is not None and "messages" in body:
             with self._lock:
                 self._rendered[tuple(ids)] = body
-        return {"count": len(ids), "tokens": ids, "token_strs": None,
-                "max_model_len": getattr(self.script, "max_model_len", 32768)}
+        answer: dict[str, Any] = {"count": len(ids), "tokens": ids, "token_strs": None}
+        if getattr(self.script, "tokenize_reports_limit", True):
+            answer["max_model_len"] = getattr(self.script, "max_model_len", 32768)
+        return answer
 
     def chat(self, ids: list[int]) -> tuple[list[dict[str, Any]], int | None] | None:
         """The chat a token prompt continues and the ids generated so far in its open
@@ -246,9 +255,14 @@ class ScriptedServer:
         returned with ids, offsets, logprobs and usage counted in ids."""
         ids = self.prompt_ids(body)
         limit = getattr(self.script, "max_model_len", 32768)
-        if len(ids) > limit:
-            return _error(f"This model's maximum context length is {limit} tokens. "
-                          f"However, your request has {len(ids)} input tokens.")
+        wanted = int(body.get("max_tokens") or 16)  # vLLM's default
+        if len(ids) + wanted > limit:  # vLLM's refusals (the prompt alone; with max_tokens)
+            return _error(f"This model's maximum context length is {limit} tokens. However, "
+                          + (f"your prompt contains {len(ids)} input tokens, which exceeds "
+                             "this limit even without any output tokens." if len(ids) > limit
+                             else f"you requested {len(ids) + wanted} tokens ({len(ids)} in "
+                             f"the messages, {wanted} in the completion). Please reduce the "
+                             "length of the messages or completion."))
         if not all(isinstance(i, int) and 0 <= i < len(self.vocab.words) for i in ids):
             return _error("prompt holds token ids outside the vocabulary")
         found = self.chat(ids)

@@ -218,16 +218,16 @@ async def test_a_reply_slower_than_the_timeout_is_unreachable_and_retried(
 
 
 @pytest.mark.parametrize("client", ["litellm", "openai"])
-async def test_a_token_prompt_past_max_model_len_is_refused_with_the_servers_message(
+async def test_a_token_prompt_past_max_model_len_is_refused_before_anything_is_sent(
     scripted: ScriptedServer, client: str
 ) -> None:
     scripted.token_api, scripted.script.max_model_len = True, 3  # "q" renders to 4 ids
     endpoint = Endpoint(model="scripted", api_base=scripted.api_base, timeout_s=10,
                         continuation="tokens", client=client)
-    with pytest.raises(ServerRefused, match="maximum context length is 3 tokens") as caught:
+    with pytest.raises(ServerRefused, match=r"the prompt is 4 tokens.*max_model_len 3") as caught:
         await create_cot(endpoint, CoTConfig(chunk_size=4)).ainvoke({"question": "q"})
-    assert caught.value.status_code == 400
-    assert len(scripted.generations()) == 1 and scripted.script.log == []  # not retried
+    assert caught.value.status_code is None  # the program's own refusal: nothing was sent
+    assert scripted.generations() == [] and scripted.script.log == []
 
 
 async def test_a_dropped_generation_is_recovered_within_the_retries(
