@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from langgraph.config import get_stream_writer
+
 from ._endpoint import Completion, Endpoint, admitted, session_headers
 from ._errors import EndpointError, EndpointUnreachable, ServerBusy, ServerRefused, body_message
 from ._http import shared_client
@@ -331,3 +333,27 @@ async def discard_stream(state: Mapping[str, Any], usage: Usage) -> Usage:
     if not dropped:
         return usage
     return Usage(**{**usage, "discarded_tokens": usage.get("discarded_tokens", 0) + dropped})
+
+
+async def take_chunk(key: str, endpoint: Endpoint, prompt_ids: Sequence[int],
+                     generated: Sequence[int], *, n: int, max_tokens: int, temperature: float,
+                     top_p: float, seed: int | None,
+                     resubmit_every: int | None) -> tuple[Completion, int]:
+    """A chain's next ``n`` tokens from its live stream, opened (or re-opened token-exactly
+    from ``generated``: after a resume, a retry, or every ``resubmit_every`` takes) as one
+    request of ``max_tokens``; and the tokens a replaced stream had received past
+    ``generated`` (discarded, for the caller's usage). Each piece is also written to
+    LangGraph's custom stream as a ``{"event": "token"}``."""
+    stream, dropped = await live_stream(key, endpoint, prompt_ids, generated,
+                                        max_tokens=max_tokens, temperature=temperature,
+                                        top_p=top_p, seed=seed)
+    if (resubmit_every is not None and stream.takes >= resubmit_every and not stream.ended
+            and len(stream.ids) < stream.carried + stream.max_tokens):
+        # re-submitted while it still has tokens to make: tagged anew by the policy's hook
+        stream = await resubmit(key, endpoint, prompt_ids, generated, max_tokens=max_tokens,
+                                temperature=temperature, top_p=top_p, seed=seed)
+    writer = get_stream_writer()
+    chunk = await stream.take(n, lambda text, tokens: writer(
+        {"event": "token", "text": text, "tokens": tokens}))
+    forget(key)  # a stream that ended and was read to its end leaves the registry
+    return chunk, dropped

@@ -29,7 +29,6 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict
 
-from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
@@ -37,7 +36,7 @@ from langgraph.types import Checkpointer
 from pydantic import Field
 
 from ._answers import final_answer
-from ._endpoint import Completion, Endpoint, keyed, retry_policy
+from ._endpoint import Endpoint, keyed, retry_policy
 from ._probe import (
     TRANSITION_MARKERS,
     ProbeConfig,
@@ -47,7 +46,7 @@ from ._probe import (
     emit_probe_event,
 )
 from ._state import CoTInput, Probe, Usage, chat_messages, empty_usage
-from ._stream import LiveStream, discard_stream, forget, live_stream, resubmit, stream_key
+from ._stream import discard_stream, stream_key, take_chunk
 from ._thinking import ThinkingFormat, detect
 from ._token_route import extend, render_chat
 from ._transcript import Log, LogRef, add_chunk, add_probe, forget_log, logged, read_log
@@ -207,24 +206,6 @@ def path_confidence(state: CoTState) -> float | None:
     return math.exp(state.get("logprob_sum", 0.0) / count) if count else None
 
 
-def thinking_closed(text: str, fmt: ThinkingFormat, ids: list[int] | None = None) -> bool:
-    """True once the model has closed its thinking (the family's close marker: on ``ids`` in
-    token mode when it is a special token, else in ``text``)."""
-    return fmt.closed(text, ids)
-
-
-def after_thinking(text: str, fmt: ThinkingFormat) -> str:
-    """The family's answer section of ``text`` (all of it if the thinking never closed)."""
-    return fmt.answer(text)
-
-
-def answer_tokens(before: str, chunk: Completion, fmt: ThinkingFormat,
-                  before_ids: list[int] | None = None) -> int:
-    """Tokens of ``chunk`` generated after the model closed its thinking: all of them if it
-    had already, those after the marker if the marker ends in this chunk, else none."""
-    return fmt.answer_tokens(before, before_ids, chunk)
-
-
 def _ids(state: CoTState, log: Log) -> list[int] | None:
     """The program's generated ids in token mode (``None`` in text mode)."""
     return log.ids if state.get("prompt_ids") is not None else None
@@ -269,7 +250,13 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         size = min(config.chunk_size, remaining, remaining if room is None else room)
         if (config.probing == "overlapped" and state.get("prompt_ids") is not None
                 and state.get("session_id")):  # token mode, and a key for the live stream
-            chunk = await _take(endpoint, config, state, log, usage, size, room)
+            budget = config.max_tokens - usage["reasoning_tokens"]
+            chunk, dropped = await take_chunk(
+                stream_key(state), endpoint, state.get("prompt_ids") or [], log.ids, n=size,
+                max_tokens=budget if room is None else min(budget, room),
+                temperature=config.temperature, top_p=config.top_p,
+                seed=state.get("seed", config.seed), resubmit_every=config.resubmit_every)
+            usage["discarded_tokens"] = usage.get("discarded_tokens", 0) + dropped
         else:
             chunk = await extend(
                 endpoint, state["chat"], state.get("prompt_ids"), log.ids, log.text,
@@ -277,7 +264,7 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
                 seed=state.get("seed", config.seed))
         usage["reasoning_tokens"] += chunk.completion_tokens
         usage["reasoning_prompt_tokens"] += chunk.prompt_tokens
-        usage["answer_tokens"] += answer_tokens(log.text, chunk, fmt, _ids(state, log))
+        usage["answer_tokens"] += fmt.answer_tokens(log.text, _ids(state, log), chunk)
         start = len(log.text)
         added, log = await add_chunk(state, log, chunk.token_ids, chunk.text, stream_key(state))
         update: dict[str, Any] = {**added, "usage": usage, "chunk_start": start}
@@ -285,7 +272,7 @@ def reason_node(endpoint: Endpoint, config: CoTConfig) -> Node:
             update["logprob_sum"] = state.get("logprob_sum", 0.0) + sum(chunk.token_logprobs)
             update["logprob_tokens"] = state.get("logprob_tokens", 0) + len(chunk.token_logprobs)
         if chunk.finish_reason != "length":  # the model ended its turn by itself
-            closed = thinking_closed(log.text, fmt, _ids(state, log))
+            closed = fmt.closed(log.text, _ids(state, log))
             update.update(decision="exit", stop_reason="answered" if closed else "finished")
         return update
 
@@ -299,43 +286,10 @@ async def _context_room(endpoint: Endpoint, config: CoTConfig, state: CoTState, 
     thinking and is writing its answer, which no probe follows."""
     prompt_ids = state.get("prompt_ids")
     left = await chunk_room(endpoint, config, prompt_ids, len(log.ids))
-    if left is not None and left < config.chunk_size and thinking_closed(
-            log.text, fmt, _ids(state, log)):
+    if left is not None and left < config.chunk_size and fmt.closed(
+            log.text, _ids(state, log)):
         left = await chunk_room(endpoint, config, prompt_ids, len(log.ids), probe=False)
     return left
-
-
-async def _take(endpoint: Endpoint, config: CoTConfig, state: CoTState, log: Log,
-                usage: Usage, n: int, room: int | None) -> Completion:
-    """The chain's next ``n`` tokens from its live stream, opened (or re-opened token-exactly
-    from the state's ids: after a resume, a retry, or every ``resubmit_every`` chunks) as one
-    request reaching the budget, or the ``room`` left in the context window if that is less;
-    what a replaced stream received past the state is counted in
-    ``usage["discarded_tokens"]``."""
-    key, generated = stream_key(state), log.ids
-    budget = config.max_tokens - usage["reasoning_tokens"]
-    max_tokens = budget if room is None else min(budget, room)
-
-    async def open_stream() -> tuple[LiveStream, int]:
-        return await live_stream(
-            key, endpoint, state.get("prompt_ids") or [], generated, max_tokens=max_tokens,
-            temperature=config.temperature, top_p=config.top_p,
-            seed=state.get("seed", config.seed))
-
-    stream, dropped = await open_stream()
-    if (config.resubmit_every is not None and stream.takes >= config.resubmit_every
-            and not stream.ended and len(stream.ids) < stream.carried + stream.max_tokens):
-        # re-submitted while it still has tokens to make: tagged anew by the policy's hook
-        stream = await resubmit(
-            key, endpoint, state.get("prompt_ids") or [], generated, max_tokens=max_tokens,
-            temperature=config.temperature, top_p=config.top_p,
-            seed=state.get("seed", config.seed))
-    usage["discarded_tokens"] = usage.get("discarded_tokens", 0) + dropped
-    writer = get_stream_writer()
-    chunk = await stream.take(n, lambda text, tokens: writer(
-        {"event": "token", "text": text, "tokens": tokens}))
-    forget(key)  # a stream that ended and was read to its end leaves the registry
-    return chunk
 
 
 def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True) -> Node:
@@ -354,7 +308,7 @@ def probe_node(endpoint: Endpoint, config: CoTConfig, *, early_exit: bool = True
         usage = state["usage"].copy()
         log = await read_log(state)
         spent = usage["reasoning_tokens"] >= config.max_tokens
-        if thinking_closed(log.text, await detect(endpoint), _ids(state, log)):
+        if (await detect(endpoint)).closed(log.text, _ids(state, log)):
             # The model closed its thinking and is writing its answer: nothing left to probe.
             decision, stop_reason = route_on(0.0, stops=[("budget", spent)])
             return {"decision": decision, "stop_reason": stop_reason}
@@ -408,9 +362,9 @@ def finish_node(endpoint: Endpoint) -> Node:
         if logged(state):  # the whole history, once, for the caller
             ended["probes"] = list(log.probes)
             forget_log(state)
-        if state.get("stop_reason") in ("finished", "answered") or thinking_closed(
-                reasoning, fmt, _ids(state, log)):  # finished, or cut short while answering
-            answer = final_answer(after_thinking(reasoning, fmt))
+        if state.get("stop_reason") in ("finished", "answered") or fmt.closed(
+                reasoning, _ids(state, log)):  # finished, or cut short while answering
+            answer = final_answer(fmt.answer(reasoning))
             return {"answer": answer, "response": reasoning, "decision": "exit", **ended}
         probes = log.probes
         answer = probes[-1]["answer"] if probes else ""
