@@ -250,31 +250,26 @@ def tree_checks(result: dict[str, Any], scripted: ScriptedServer, limit: int) ->
     assert usage["reasoning_prompt_tokens"] == scripted.script.total("reason", "prompt_tokens")
 
 
-async def test_mcts_branches_end_at_the_window_and_the_search_stops_with_context(
-    scripted: ScriptedServer,
+@pytest.mark.parametrize(("search", "depths"), [
+    # MCTS: steps of 3 tokens and a window holding 7: depth 1 and 2 steps of 3, then a last
+    # step of 1 that fills the window and ends its branch, until no branch can grow (the
+    # whole binary tree to the window); Rebase: its beam of 2 to the window
+    ("mcts", [0] + [1] * 2 + [2] * 4 + [3] * 8),
+    ("rebase", [0, 1, 1, 2, 2, 3, 3]),
+])
+async def test_tree_searches_end_their_branches_at_the_window_and_stop_with_context(
+    scripted: ScriptedServer, search: str, depths: list[int],
 ) -> None:
-    # Steps of 3 tokens and a window holding 7: depth 1 and 2 steps of 3, then a last step of
-    # 1 that fills the window and ends its branch, until no branch can grow.
     endpoint = token_endpoint(scripted)
     limit = scripted.script.max_model_len = rendered_length(endpoint, "q") + 7
     scripted.script.seeds = {200 + k: child(k) for k in range(1, 40)}
-    config = MCTSConfig(width=2, max_width=2, chunk_size=3, max_depth=8, seed=200)
-    graph = create_mcts(endpoint, FunctionReward(lambda _q, _s: 0.3), config)
+    reward = FunctionReward(lambda _q, _s: 0.3)
+    settings = {"width": 2, "max_width": 2, "chunk_size": 3, "max_depth": 8, "seed": 200}
+    graph = (create_mcts(endpoint, reward, MCTSConfig(**settings)) if search == "mcts"
+             else create_rebase(endpoint, reward, RebaseConfig(**settings)))
     result = await graph.ainvoke({"question": "q"})
     assert result["stop_reason"] == "context"
-    assert len(result["nodes"]) == 1 + 2 + 4 + 8  # the whole binary tree to the window
-    tree_checks(result, scripted, limit)
-
-
-async def test_rebase_beam_ends_at_the_window_with_context(scripted: ScriptedServer) -> None:
-    endpoint = token_endpoint(scripted)
-    limit = scripted.script.max_model_len = rendered_length(endpoint, "q") + 7
-    scripted.script.seeds = {200 + k: child(k) for k in range(1, 40)}
-    config = RebaseConfig(width=2, max_width=2, chunk_size=3, max_depth=8, seed=200)
-    graph = create_rebase(endpoint, FunctionReward(lambda _q, _s: 0.3), config)
-    result = await graph.ainvoke({"question": "q"})
-    assert result["stop_reason"] == "context"
-    assert [n["depth"] for n in result["nodes"]] == [0, 1, 1, 2, 2, 3, 3]
+    assert sorted(n["depth"] for n in result["nodes"]) == depths
     tree_checks(result, scripted, limit)
 
 
