@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._endpoint import Endpoint
-from ._errors import EndpointUnreachable, ServerRefused
-from ._http import shared_client
+from ._errors import ServerRefused
+from ._http import get_json
 
 _LIMITS: dict[tuple[str, str], int | None] = {}  # (server, model) → max_model_len (None: none)
 
@@ -63,23 +63,11 @@ async def context_limit(endpoint: Endpoint) -> int | None:
 async def _listed_limit(endpoint: Endpoint) -> int | None:
     """``max_model_len`` of the model's entry in ``GET /v1/models`` (vLLM's ``ModelCard``),
     within the endpoint's timeout; ``None`` when the server lists none."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}"}
     try:
-        response = await shared_client().get(f"{endpoint.api_base}/models", headers=headers,
-                                              timeout=endpoint.timeout_s)
-    except httpx.TransportError as exc:
-        raise EndpointUnreachable(f"cannot reach {endpoint.api_base} (/models): "
-                                  f"{exc or type(exc).__name__}",
-                                  api_base=endpoint.api_base) from exc
-    if not response.is_success:
+        payload = await get_json(endpoint, "/v1/models")
+    except ServerRefused:  # no model list (not vLLM): no window known
         return None
-    try:
-        payload = response.json()
-    except ValueError:
-        return None
-    models = payload.get("data") if isinstance(payload, dict) else None
+    models = payload.get("data")
     for card in models if isinstance(models, list) else ():
         if isinstance(card, dict) and card.get("id") == endpoint.served_name:
             return _valid(card.get("max_model_len"), endpoint, "/v1/models")

@@ -57,6 +57,31 @@ def openai_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
     return clients[key]
 
 
+async def get_json(endpoint: Endpoint, path: str) -> dict[str, Any]:
+    """GET vLLM's own ``path`` (e.g. ``/tokenizer_info``, ``/v1/models``) with the endpoint's
+    key and timeout: the JSON object answered, :class:`~dynasor_graph.EndpointUnreachable`
+    when the server cannot be reached, :class:`~dynasor_graph.ServerRefused` for any other
+    answer (an error status, not a JSON object)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}"}
+    try:
+        response = await shared_client().get(endpoint.server_root + path, headers=headers,
+                                              timeout=endpoint.timeout_s)
+    except httpx.TransportError as exc:
+        raise EndpointUnreachable(f"cannot reach {endpoint.api_base} ({path}): "
+                                  f"{exc or type(exc).__name__}",
+                                  api_base=endpoint.api_base) from exc
+    try:
+        payload = response.json() if response.is_success else None
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise ServerRefused(f"{path}: {response.status_code}", api_base=endpoint.api_base,
+                            status_code=response.status_code)
+    return payload
+
+
 async def post_json(endpoint: Endpoint, path: str, body: dict[str, Any], *,
                     admit: bool = True) -> dict[str, Any]:
     """POST ``body`` to vLLM's own ``path`` (e.g. ``/classify``) with the endpoint's key and

@@ -112,12 +112,12 @@ async def chunk_room(endpoint: Endpoint, settings: ProbeConfig, prompt_ids: Sequ
     raises :class:`~dynasor_graph.ServerRefused` before anything is sent."""
     if prompt_ids is None:
         return None
-    suffix, then = (settings.probe_suffix, settings.probe_max_tokens) if probe else ("", 0)
-    left = await room(endpoint, len(prompt_ids) + generated, suffix=suffix, then=then)
+    # the suffix first: its /tokenize answer carries the window, so reading it costs nothing
+    reserve = (len(await tokenize(endpoint, settings.probe_suffix))
+               + settings.probe_max_tokens) if probe else 0
+    left = await room(endpoint, len(prompt_ids) + generated, reserve=reserve)
     if left is not None and left < 1 and generated == 0:
-        limit = await context_limit(endpoint)
-        reserve = (len(await tokenize(endpoint, suffix)) if suffix else 0) + then
-        raise no_room(endpoint, len(prompt_ids), reserve, limit or 0)
+        raise no_room(endpoint, len(prompt_ids), reserve, await context_limit(endpoint) or 0)
     return left
 
 

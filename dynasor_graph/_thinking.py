@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._endpoint import Endpoint, Message
 from ._errors import EndpointError, ServerRefused
-from ._http import post_json, shared_client
+from ._http import get_json, post_json
 
 if TYPE_CHECKING:
     from ._endpoint import Completion
@@ -388,7 +388,7 @@ async def _special(endpoint: Endpoint, family: str, close: str,
     if len(close_ids) != 1:
         return False
     try:
-        info = await _get_json(endpoint, "/tokenizer_info")
+        info = await get_json(endpoint, "/tokenizer_info")
     except EndpointError:
         return _SPECIAL_BY_FAMILY.get(family, False)
     listed: set[str] = set()
@@ -399,22 +399,3 @@ async def _special(endpoint: Endpoint, family: str, close: str,
         elif isinstance(value, dict):
             listed.update(str(v) for v in value.values())
     return close in listed
-
-
-async def _get_json(endpoint: Endpoint, path: str) -> dict[str, Any]:
-    import httpx
-
-    from ._errors import EndpointUnreachable
-
-    headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}"}
-    try:
-        response = await shared_client().get(endpoint.server_root + path, headers=headers,
-                                       timeout=endpoint.timeout_s)
-    except httpx.TransportError as exc:
-        raise EndpointUnreachable(f"cannot reach {endpoint.api_base} ({path})",
-                                  api_base=endpoint.api_base) from exc
-    if not response.is_success:
-        raise ServerRefused(f"{path}: {response.status_code}", api_base=endpoint.api_base,
-                            status_code=response.status_code)
-    payload = response.json()
-    return payload if isinstance(payload, dict) else {}

@@ -83,13 +83,10 @@ def token_ids(payload: dict[str, Any], endpoint: Endpoint, path: str) -> list[in
     return tokens
 
 
-async def room(endpoint: Endpoint, prompt: int, *, suffix: str = "", then: int = 0
-               ) -> int | None:
-    """The most tokens a request whose prompt is ``prompt`` tokens may generate so that, after
-    them, ``suffix`` and ``then`` more generated tokens (the probe that follows a chunk) still
-    fit in the server's context window; ``None`` when the server reports no window."""
-    # the suffix first: its /tokenize answer carries the window, so reading it costs nothing
-    reserve = (len(await tokenize(endpoint, suffix)) if suffix else 0) + then
+async def room(endpoint: Endpoint, prompt: int, *, reserve: int = 0) -> int | None:
+    """The most tokens a request whose prompt is ``prompt`` tokens may generate so that
+    ``reserve`` more tokens (the probe that follows a chunk) still fit in the server's context
+    window; ``None`` when the server reports no window."""
     limit = await context_limit(endpoint)
     return None if limit is None else limit - prompt - reserve
 
