@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict
@@ -36,7 +35,7 @@ from langgraph.types import Checkpointer
 from pydantic import Field
 
 from ._answers import final_answer
-from ._endpoint import Endpoint, keyed, retry_policy
+from ._endpoint import Endpoint, keyed, new_session_id, retry_policy
 from ._probe import (
     TRANSITION_MARKERS,
     ProbeConfig,
@@ -226,7 +225,7 @@ def prepare_node(endpoint: Endpoint, config: CoTConfig) -> Node:
         chat = fmt.chat(endpoint, chat_messages(state, config.system_prompt))
         prompt_ids = await render_chat(endpoint, chat)
         return {"chat": chat, "prompt_ids": prompt_ids, **fresh_path(),
-                "session_id": state.get("session_id") or uuid.uuid4().hex,
+                "session_id": state.get("session_id") or new_session_id(),
                 "thinking_format": fmt.describe()}
 
     return keyed(prepare, start=True)

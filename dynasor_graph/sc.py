@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import math
-import uuid
 from typing import Annotated, Any, Literal, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
@@ -37,7 +36,7 @@ from langgraph.types import Checkpointer, Send
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._compat import renamed_fields
-from ._endpoint import Endpoint, keyed, retry_policy
+from ._endpoint import Endpoint, keyed, new_session_id, retry_policy
 from ._state import (
     CoTInput,
     MultiPathOutput,
@@ -192,7 +191,7 @@ def create_sc(
         # Rendered once: every path continues the same prompt, so the cache shares it too.
         prompt_ids = await render_chat(endpoint, chat)
         return {"chat": chat, "prompt_ids": prompt_ids, "paths": paths,
-                "session_id": state.get("session_id") or uuid.uuid4().hex,
+                "session_id": state.get("session_id") or new_session_id(),
                 "usage": empty_usage(), "certaindex": 0.0,
                 "decision": "continue", "stop_reason": None, "answer": "",
                 "budget_left": config.token_budget, "thinking_format": fmt.describe()}
