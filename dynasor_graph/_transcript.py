@@ -71,6 +71,15 @@ def _store() -> BaseStore | None:
         return None
 
 
+def _required_store() -> BaseStore:
+    """The running graph's store, which a program whose state holds a :class:`LogRef` needs."""
+    store = _store()
+    if store is None:
+        raise RuntimeError("this program keeps its reasoning in a LangGraph store, and the "
+                           "graph running it has none: compile it with the same store")
+    return store
+
+
 def _namespace(key: str) -> tuple[str, ...]:
     return (*NAMESPACE, key)
 
@@ -114,9 +123,7 @@ async def add_chunk(state: Mapping[str, Any], log: Log, ids: Sequence[int],
     if ref is None and (store is None or state.get("token_ids") or state.get("probes")):
         grown = Log(ids=[*log.ids, *ids], text=log.text + text, probes=log.probes)
         return {"token_ids": grown.ids, "reasoning": grown.text}, grown
-    if store is None:
-        raise RuntimeError("this program keeps its reasoning in a LangGraph store, and the "
-                           "graph running it has none: compile it with the same store")
+    store = store or _required_store()
     if ref is None:  # the first chunk: a log of its own (``log`` views the empty state)
         ref, log = LogRef(key=key, head=None, tokens=0, chars=0, probes=0), Log()
     head = await _put(store, ref, {"ids": list(ids), "text": text})
@@ -136,11 +143,7 @@ async def add_probe(state: Mapping[str, Any], log: Log, probe: Probe,
     ref = cast(LogRef | None, state.get("log"))
     if ref is None:
         return {"probes": [*log.probes, probe]}
-    store = _store()
-    if store is None:
-        raise RuntimeError("this program keeps its reasoning in a LangGraph store, and the "
-                           "graph running it has none: compile it with the same store")
-    head = await _put(store, ref, {"probe": dict(probe)})
+    head = await _put(_required_store(), ref, {"probe": dict(probe)})
     log.probes.append(probe)
     _move(ref["head"], head, log)
     return {"probes": log.probes[-window:],
@@ -182,10 +185,7 @@ def _remember(head: str, log: Log) -> None:
 async def _rebuild(ref: LogRef) -> Log:
     """Walk the chain from the state's head back to its first item (one search of the
     program's namespace), and check it holds what the state says."""
-    store = _store()
-    if store is None:
-        raise RuntimeError("this program keeps its reasoning in a LangGraph store, and the "
-                           "graph running it has none: compile it with the same store")
+    store = _required_store()
     namespace, offset = _namespace(ref["key"]), 0
     items: dict[str, dict[str, Any]] = {}
     while True:
