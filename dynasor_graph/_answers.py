@@ -89,6 +89,9 @@ def normalize(answer: str) -> str:
     return answer
 
 
+_INTEGER = re.compile(r"-?\d+")
+
+
 @lru_cache(maxsize=8192)
 def _parse(answer: str) -> tuple[object, ...]:
     from math_verify import parse  # lazy: sympy-heavy import
@@ -107,13 +110,17 @@ def equivalent(a: str, b: str) -> bool:
 
     Cached: a window of probes compares the same answers round after round.
 
-    Empty answers are never equivalent to anything. When either side does not parse as
-    mathematics, the normalised strings are compared instead.
+    Empty answers are never equivalent to anything. Two integers are compared as integers,
+    without math-verify (its sympy parse is most of a round's client CPU when answers change).
+    When either side does not parse as mathematics, the normalised strings are compared instead.
     """
     if not a or not b:
         return False
-    if normalize(a) == normalize(b):
+    plain_a, plain_b = normalize(a), normalize(b)
+    if plain_a == plain_b:
         return True
+    if _INTEGER.fullmatch(plain_a) and _INTEGER.fullmatch(plain_b):
+        return int(plain_a) == int(plain_b)  # no sympy for the common case (AIME, GSM8K)
     parsed_a, parsed_b = _parse(a), _parse(b)
     if not parsed_a or not parsed_b:
         return False

@@ -65,11 +65,24 @@ def test_is_confident_custom_words() -> None:
         ("\\text{Paris}", "paris", True),
         ("Paris", "London", False),
         ("1,000", "1000", True),
+        ("012", "12", True),
+        ("-07", "-7", True),
+        ("-7", "7", False),
     ],
 )
 def test_equivalent(a: str, b: str, same: bool) -> None:
     assert equivalent(a, b) is same
     assert equivalent(b, a) is same
+
+
+def test_integers_are_compared_without_math_verify() -> None:
+    from dynasor_graph._answers import _parse
+
+    before = _parse.cache_info()
+    assert equivalent("4100", "4101") is False
+    assert equivalent("-4100", "4100") is False
+    after = _parse.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)  # never parsed
 
 
 def test_equivalent_survives_junk() -> None:
