@@ -4,12 +4,14 @@ the real local vLLM (once per session), and small helpers the test files import 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +25,7 @@ from scripted_server import SERVED_NAME, Script, ScriptedServer
 
 from dynasor_graph import CoTConfig, Endpoint, Scheduler, create_cot
 from dynasor_graph._probe import DEFAULT_PROBE_SUFFIX
+from dynasor_graph.local import LocalServer
 from dynasor_graph.scheduler import ProgramResult
 
 M = TypeVar("M", bound=BaseModel)
@@ -213,3 +216,42 @@ def local_vllm() -> Iterator[Endpoint]:
     assert code == 0, f"serve-local exited with {code} on SIGINT"
     with pytest.raises(ConnectionRefusedError):  # nothing listens any more: nothing left behind
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+class ServersAhead:
+    """The real vLLM servers a test module takes one after another (one per parameter of a
+    module-scoped fixture), started ``ahead`` at a time in the background.
+
+    A vLLM start is ~30 s of mostly single-threaded imports in three processes, so two starts
+    share the machine's two cores, and one server's tests run while the next ones start. The
+    servers are made by ``factories`` when their start is due (a port is taken then), and
+    :meth:`close` stops any left. The pool's threads live until :meth:`close` on purpose: a
+    server gets SIGTERM when the *thread* that started it ends (``PR_SET_PDEATHSIG``).
+    """
+
+    def __init__(self, factories: list[Callable[[], LocalServer]], ahead: int = 2) -> None:
+        self._factories = factories
+        self._ahead = ahead
+        self._pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="vllm-start")
+        self._starts: dict[int, Future[LocalServer]] = {}
+
+    def _start_through(self, index: int) -> None:
+        for i in range(index, min(index + self._ahead, len(self._factories))):
+            if i not in self._starts:
+                self._starts[i] = self._pool.submit(lambda i=i: self._factories[i]().start())
+
+    def take(self, index: int) -> LocalServer:
+        """Server ``index``, once it answers (its start raises here if it failed)."""
+        self._start_through(index)
+        return self._starts[index].result()
+
+    def done(self, index: int) -> None:
+        """Stop server ``index``; the next ones start."""
+        self._starts[index].result().stop()
+        self._start_through(index + 1)
+
+    def close(self) -> None:
+        for start in self._starts.values():
+            with contextlib.suppress(Exception):
+                start.result().stop()
+        self._pool.shutdown()

@@ -1,23 +1,25 @@
 """Reasoning families on the real local vLLM: detection, token-exact prompts, the closing.
 
-One vLLM per verbatim chat template (``--chat-template``, files in ``tests/chat_templates``),
-each serving SmolLM2 (a plumbing stand-in, not a reasoning model). ``<think>`` families run on
-the stock model, where the markers are plain text; Mistral's ``[THINK]`` and gpt-oss's harmony
-run on the special-token variant (:func:`~dynasor_graph.local._variants.ensure_special_variant`),
-whose tokenizer holds them as *special* tokens, so vLLM drops them from returned text unless a
-request asks otherwise. Every test is one short CoT run (budget 32 tokens): the server's own
-prompt-token counter proves the prompts token-exact under each template and switch.
+One vLLM per verbatim chat template (``--chat-template``, files in ``tests/chat_templates``; started
+two at a time, :class:`conftest.ServersAhead`), each serving SmolLM2 (a plumbing stand-in, not a
+reasoning model). ``<think>`` families run on the stock model, where the markers are plain text;
+Mistral's ``[THINK]`` and gpt-oss's harmony run on the special-token variant
+(:func:`~dynasor_graph.local._variants.ensure_special_variant`), whose tokenizer holds them as
+*special* tokens, so vLLM drops them from returned text unless a request asks otherwise. Every test
+is one short CoT run (budget 32 tokens): the server's own prompt-token counter proves the prompts
+token-exact under each template and switch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from conftest import ServersAhead
 from test_thinking_vllm import counters, delta, suffix_length
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
@@ -61,16 +63,30 @@ FAMILIES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def family_servers() -> Iterator[ServersAhead]:
+    """One server per family, in the order of ``FAMILIES``, started two at a time."""
+    special = ensure_special_variant() if any(f.special for f in FAMILIES) else None
+
+    def factory(family: Family) -> Callable[[], LocalServer]:
+        flags = ("--chat-template", str(TEMPLATES / f"{family.template}.jinja"),
+                 *(("--enable-tokenizer-info-endpoint",) if family.tokenizer_info else ()))
+        return lambda: LocalServer(model_dir=special if family.special else None,
+                                   extra_args=flags)
+
+    servers = ServersAhead([factory(family) for family in FAMILIES])
+    yield servers
+    servers.close()
+
+
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f.template for f in FAMILIES])
-def served(request: pytest.FixtureRequest) -> Iterator[tuple[Family, Endpoint]]:
+def served(request: pytest.FixtureRequest,
+           family_servers: ServersAhead) -> Iterator[tuple[Family, Endpoint]]:
     family: Family = request.param
-    flags = ("--chat-template", str(TEMPLATES / f"{family.template}.jinja"),
-             *(("--enable-tokenizer-info-endpoint",) if family.tokenizer_info else ()))
-    server = LocalServer(model_dir=ensure_special_variant() if family.special else None,
-                         extra_args=flags)
-    with server:
-        yield family, Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base,
-                               timeout_s=300, thinking=family.thinking)
+    server = family_servers.take(request.param_index)
+    yield family, Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base,
+                           timeout_s=300, thinking=family.thinking)
+    family_servers.done(request.param_index)
 
 
 def rendered_length(endpoint: Endpoint, kwargs: dict[str, Any]) -> int:
