@@ -303,7 +303,7 @@ async def _advance(
     # confident probe's.
     fallback = next((p["answer"] for p in reversed(probes) if p["answer"] and p["confident"]),
                     "")
-    if reply is None:  # no probe fits the window: the agent's next call cannot fit either
+    if reply is None:  # no probe fits: the run is at the window (see the module doc)
         stop_reason: AgentStopReason | None = "context" if fallback else None
         answer = fallback or report["answer"]
     else:

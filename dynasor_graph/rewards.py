@@ -103,7 +103,8 @@ class JudgeReward:
 
     On the token route the judge prompt is sized to the judge server's context window: a
     solution too long to fit is shown from :data:`ELISION` on, its end kept (see the module
-    doc). On the text route it is sent whole, as the server may refuse it.
+    doc). On the text route, which counts no tokens before sending, it is sent whole, and a
+    server refusal raises its :class:`~dynasor_graph.ServerRefused`.
     """
 
     def __init__(self, endpoint: Endpoint, prompt: str = JUDGE_PROMPT, top_logprobs: int = 20):
@@ -124,7 +125,6 @@ class JudgeReward:
             reply.prompt_tokens,
             reply.completion_tokens,
         )
-
 
     async def _fitted(self, question: str, solution: str) -> list[Message]:
         """The judge's chat, its solution cut to the longest tail (after :data:`ELISION`) with
