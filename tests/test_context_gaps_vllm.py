@@ -92,7 +92,7 @@ class ToolCallingFake(GenericFakeChatModel):
         return self
 
 
-DRAFT = "The warehouse has 2880 lamps."
+DRAFT = "The answer is 888."  # SmolLM2 probes it as \\boxed{888}
 PROBE = 8
 
 
@@ -124,7 +124,7 @@ async def test_an_agent_probe_past_the_window_ends_the_run_with_the_settled_answ
     turns = iter([AIMessage(DRAFT, tool_calls=[{**call, "id": "c1"}]),
                   AIMessage(DRAFT, tool_calls=[{**call, "id": "c2",
                                                 "args": {"section": "crates"}}]),
-                  AIMessage("2880")])
+                  AIMessage("888")])
     settings = EarlyStopConfig(certainty_threshold=2, probe_max_tokens=PROBE, seed=0,
                                probe_temperature=0)
     agent = build_agent(local_vllm, settings, model=ToolCallingFake(messages=turns),

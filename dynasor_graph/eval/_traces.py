@@ -82,7 +82,8 @@ class TraceSettings(BaseModel):
 
 
 class Trace(BaseModel):
-    """One recorded reasoning run: probes after every chunk up to its natural end or budget."""
+    """One recorded reasoning run: probes after every chunk up to its natural end, its budget
+    or the server's context window (``stop_reason``)."""
 
     model_config = ConfigDict(extra="forbid")
 
