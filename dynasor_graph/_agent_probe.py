@@ -1,8 +1,12 @@
 """The agent probe's view of a model step: the step's messages, thinking and tools as the
-server renders them, and the probe text's token ids after the step's own prompt.
+server renders them, the probe text's token ids after the step's own prompt, and whether the
+probe fits the server's context window.
 
-:mod:`dynasor_graph.agents` probes after every model step with these; they know nothing of
-stopping rules.
+:mod:`dynasor_graph.agents` probes after every model step with :func:`probe_step`; these know
+nothing of stopping rules. On the token route the probe's prompt (the step's rendered prompt,
+its thinking and draft, the suffix) and its ``probe_max_tokens`` must fit the window
+(``max_model_len``): a probe that cannot fit is not sent (``probe_step`` returns ``None``)
+rather than refused by the server. Text mode knows no window: the probe is sent as before.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_me
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from ._endpoint import Endpoint
+from ._endpoint import Endpoint, Message
 from ._http import post_json
+from ._probe import ProbeConfig, ProbeReply, ask_probe
 from ._thinking import detect
-from ._token_route import token_ids, tokenize
+from ._token_route import render_chat, room, token_ids, tokenize
 
 
 def openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
@@ -78,3 +83,31 @@ async def probe_tokens(endpoint: Endpoint, prompt_ids: Sequence[int], thinking: 
 
 def openai_tools(tools: Sequence[BaseTool | dict[str, Any]]) -> list[dict[str, Any]]:
     return [convert_to_openai_tool(t) for t in tools]
+
+
+async def probe_step(endpoint: Endpoint, chat: list[Message], thinking: str, draft: str,
+                     tools: Sequence[dict[str, Any]], settings: ProbeConfig,
+                     seed: int | None) -> ProbeReply | None:
+    """Probe after a model step: its prompt ``chat`` and ``tools``, then its ``thinking`` and
+    ``draft``, then the probe suffix; ``None`` when that and ``probe_max_tokens`` do not fit
+    the server's context window (token route; nothing is sent)."""
+    prefix = probe_prefix(thinking, draft)
+    prompt_ids = await render_chat(endpoint, chat, tools)
+    generated = (await probe_tokens(endpoint, prompt_ids, thinking, prefix)
+                 if prompt_ids is not None else [])
+    if not await probe_fits(endpoint, settings, prompt_ids, generated):
+        return None
+    return await ask_probe(endpoint, chat, prefix, settings, seed=seed, tools=tools,
+                           prompt_ids=prompt_ids, generated=generated)
+
+
+async def probe_fits(endpoint: Endpoint, settings: ProbeConfig,
+                     prompt_ids: Sequence[int] | None, generated: Sequence[int]) -> bool:
+    """True when the probe (``prompt_ids + generated +`` the suffix's ids, then
+    ``probe_max_tokens``) fits the server's context window, or no window is known (text
+    mode, a server that reports none)."""
+    if prompt_ids is None:
+        return True
+    reserve = len(await tokenize(endpoint, settings.probe_suffix)) + settings.probe_max_tokens
+    left = await room(endpoint, len(prompt_ids) + len(generated), reserve=reserve)
+    return left is None or left >= 0

@@ -15,6 +15,11 @@ losing its run, so every program learns the window and never sends a request tha
   room for what must follow it (the probe after a chunk);
 - :func:`no_room` is the error for a prompt that leaves no room at all.
 
+Where the window is respected: every chunk and probe of Dynasor-CoT and SC (``_probe``), every
+tree step (``_tree``), an LLM judge's prompt (:class:`~dynasor_graph.rewards.JudgeReward`
+shortens the solution it shows), and an agent's probe (``_agent_probe``: skipped when it
+cannot fit).
+
 Text mode (chat completions) knows no token counts before a request, so it knows no window.
 """
 
@@ -74,12 +79,14 @@ async def _listed_limit(endpoint: Endpoint) -> int | None:
     return None
 
 
-def no_room(endpoint: Endpoint, prompt: int, reserve: int, limit: int) -> ServerRefused:
+def no_room(endpoint: Endpoint, prompt: int, reserve: int, limit: int, *,
+            what: str = "the prompt") -> ServerRefused:
     """The error for a program whose prompt leaves no room, within the window, for one
-    generated token and the ``reserve`` that must follow it (a probe)."""
+    generated token and the ``reserve`` that must follow it (a probe); ``what`` names the
+    prompt (an LLM judge's, shortened as far as it goes)."""
     after = f" and the {reserve} tokens of a probe" if reserve else ""
     return ServerRefused(
-        f"{endpoint.api_base}: the prompt is {prompt} tokens, which leaves no room for one "
+        f"{endpoint.api_base}: {what} is {prompt} tokens, which leaves no room for one "
         f"generated token{after} within the model's maximum context length (max_model_len "
         f"{limit}); shorten the question or serve the model with a larger --max-model-len",
         api_base=endpoint.api_base)

@@ -36,6 +36,13 @@ suffix, sent to ``/v1/completions``: the step's rendered prefix is shared token 
 whatever the template does to an assistant turn. Text mode (no ``/tokenize``) continues the
 assistant turn through chat completions as before.
 
+The context window (token mode): a probe that would not fit the server's ``max_model_len`` is
+not sent. The run is then at the window (the agent's next call carries this step's prompt, its
+reply and the tool results, and needs room for a whole step where the probe needed only its
+suffix and ``probe_max_tokens``), so it ends there with stop reason ``context`` and the latest
+confident probe's answer (``min_steps`` does not delay it); without such an answer it goes on
+unprobed, as it would without early stop. Text mode knows no window and probes as before.
+
 Usage::
 
     agent = create_agent(model, tools, middleware=[EarlyStopMiddleware(endpoint)])
@@ -73,10 +80,9 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from pydantic import Field
 
-from ._agent_probe import openai_messages, openai_tools, probe_prefix, probe_tokens, step_thinking
+from ._agent_probe import openai_messages, openai_tools, probe_step, step_thinking
 from ._endpoint import Endpoint, new_session_id, program_key, session_headers
-from ._probe import ProbeConfig, ask_probe, emit_probe_event
-from ._token_route import render_chat
+from ._probe import ProbeConfig, emit_probe_event
 from .certaindex import Decision, StopReason, probe_agreement, route_on
 
 __all__ = [
@@ -102,7 +108,9 @@ DEFAULT_AGENT_PROBE_SUFFIX = (
 
 AgentStopReason = StopReason
 """``certain``: the Certaindex reached 1.0; ``repeated_tool_call``: the step only repeated tool
-calls already made; ``finished``: the model answered without tools by itself."""
+calls already made; ``context``: the step's probe could not fit the server's context window
+(token route), so the run ends with the latest confident probe's answer; ``finished``: the
+model answered without tools by itself."""
 
 
 class EarlyStopConfig(ProbeConfig):
@@ -281,36 +289,38 @@ async def _advance(
                                stop_reason="finished", answer=ai.text, probes=report["probes"],
                                usage=usage, would_stop=would_stop, saved=saved,
                                session_id=key)
-    chat, thinking = openai_messages(prompt), step_thinking(ai)
-    prefix = probe_prefix(thinking, ai.text)
     with program_key(key):  # the probe's requests carry the run's key
-        prompt_ids = await render_chat(endpoint, chat, tools)
-        generated = (await probe_tokens(endpoint, prompt_ids, thinking, prefix)
-                     if prompt_ids is not None else [])
-        reply = await ask_probe(endpoint, chat, prefix, settings, seed=settings.seed,
-                                tools=tools, prompt_ids=prompt_ids, generated=generated)
-    usage["probe_prompt_tokens"] += reply.completion.prompt_tokens
-    usage["probe_completion_tokens"] += reply.completion.completion_tokens
-    probe = AgentProbe(step=usage["model_calls"], answer=reply.answer,
-                       confident=reply.confident, text=reply.text)
-    probes = [*report["probes"], probe]
-    certaindex = probe_agreement(probes, settings.certainty_threshold)
-    # Stop on repeated tool calls only with an answer to give: the latest confident probe's.
+        reply = await probe_step(endpoint, openai_messages(prompt), step_thinking(ai), ai.text,
+                                 tools, settings, settings.seed)
+    probes, certaindex = report["probes"], report["certaindex"]
+    if reply is not None:
+        usage["probe_prompt_tokens"] += reply.completion.prompt_tokens
+        usage["probe_completion_tokens"] += reply.completion.completion_tokens
+        probes = [*probes, AgentProbe(step=usage["model_calls"], answer=reply.answer,
+                                      confident=reply.confident, text=reply.text)]
+        certaindex = probe_agreement(probes, settings.certainty_threshold)
+    # Stop on repeated tool calls, or at the window, only with an answer to give: the latest
+    # confident probe's.
     fallback = next((p["answer"] for p in reversed(probes) if p["answer"] and p["confident"]),
                     "")
-    repeated = settings.stop_on_repeated_tool_calls and _repeats_earlier_calls(ai, run)
-    _, stop_reason = route_on(certaindex,
-                              stops=[("repeated_tool_call", repeated and bool(fallback))])
-    answer = fallback if stop_reason == "repeated_tool_call" else probe["answer"]
-    if usage["model_calls"] < settings.min_steps:
-        stop_reason = None
+    if reply is None:  # no probe fits: the run is at the window (see the module doc)
+        stop_reason: AgentStopReason | None = "context" if fallback else None
+        answer = fallback or report["answer"]
+    else:
+        repeated = settings.stop_on_repeated_tool_calls and _repeats_earlier_calls(ai, run)
+        _, stop_reason = route_on(certaindex,
+                                  stops=[("repeated_tool_call", repeated and bool(fallback))])
+        answer = fallback if stop_reason == "repeated_tool_call" else probes[-1]["answer"]
+        if usage["model_calls"] < settings.min_steps:
+            stop_reason = None
     if stop_reason is not None and settings.dry_run:
         if would_stop is None:
             would_stop = WouldStop(step=usage["model_calls"], stop_reason=stop_reason,
                                    answer=answer, usage=usage.copy())
         stop_reason = None
     decision: Decision = "exit" if stop_reason else "continue"
-    emit_probe_event(reply, certaindex, decision, step=probe["step"])
+    if reply is not None:
+        emit_probe_event(reply, certaindex, decision, step=usage["model_calls"])
     return EarlyStopReport(certaindex=certaindex, decision=decision, stop_reason=stop_reason,
                            answer=answer, probes=probes, usage=usage, would_stop=would_stop,
                            saved=None, session_id=key)
@@ -328,7 +338,8 @@ def _stop_messages(messages: Sequence[AnyMessage], report: EarlyStopReport) -> l
 def _stops_early(report: EarlyStopReport | None, messages: Sequence[AnyMessage]) -> bool:
     """True when the report ends the run at this step: the last message still asks for tools."""
     last = messages[-1] if messages else None
-    return (report is not None and report["stop_reason"] in ("certain", "repeated_tool_call")
+    return (report is not None
+            and report["stop_reason"] in ("certain", "repeated_tool_call", "context")
             and isinstance(last, AIMessage) and bool(last.tool_calls))
 
 

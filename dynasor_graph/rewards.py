@@ -13,6 +13,21 @@ Usage::
 
     reward = FunctionReward(lambda question, solution: "42" in solution)
     graph = create_mcts(endpoint, reward=reward)
+
+**The judge's context window.** A tree path's solution grows with every step, and the judge
+prompt repeats it whole, so a long path could make the judge prompt overflow the judge
+server's window, which vLLM refuses (a 400 that would end the tree search). On the token route
+(the endpoint's ``continuation`` is ``tokens``, or ``auto`` on a server with ``/tokenize``)
+:class:`JudgeReward` renders its chat through the server's chat template (``/tokenize``, as
+every program renders its prompt) and reads the window (:func:`~._context.context_limit`);
+when the prompt and its one verdict token would not fit, it shows the judge the *end* of the
+solution — where the latest steps and the final answer are — after :data:`ELISION`, cut so
+that the rendered prompt fits (a few ``/tokenize`` round trips, never a generation). The
+reward's ``prompt_tokens`` are the server's count of the prompt actually sent. A question
+that cannot fit even with the solution cut to the marker alone raises
+:class:`~dynasor_graph.ServerRefused` before anything is sent. On the text route (chat
+completions only, no token counts) and on a server that reports no window, the prompt is sent
+whole, as before, and a server refusal raises its ``ServerRefused``.
 """
 
 from __future__ import annotations
@@ -23,15 +38,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ._context import context_limit, no_room
 from ._endpoint import Endpoint, Message
 from ._errors import ServerRefused
 from ._http import post_json
 from ._text_route import complete
+from ._token_route import render_chat
 
 JUDGE_PROMPT = (
     "Question:\n{question}\n\nProposed solution (it may be unfinished):\n{solution}\n\n"
     "Is this solution correct so far? Answer Yes or No."
 )
+
+ELISION = "[...] "
+"""What stands for the start of a solution cut to fit the judge's context window."""
+
+_FIT_TRIES = 8  # /tokenize renders spent looking for the longest tail that fits
 
 
 @dataclass(frozen=True)
@@ -77,24 +99,68 @@ class FunctionReward:
 
 class JudgeReward:
     """An LLM judge: one greedy token with its top log-probabilities; the reward is the
-    probability mass on ``Yes`` against ``No`` (0.5 when the judge names neither)."""
+    probability mass on ``Yes`` against ``No`` (0.5 when the judge names neither).
+
+    On the token route the judge prompt is sized to the judge server's context window: a
+    solution too long to fit is shown from :data:`ELISION` on, its end kept (see the module
+    doc). On the text route, which counts no tokens before sending, it is sent whole, and a
+    server refusal raises its :class:`~dynasor_graph.ServerRefused`.
+    """
 
     def __init__(self, endpoint: Endpoint, prompt: str = JUDGE_PROMPT, top_logprobs: int = 20):
         if "{question}" not in prompt or "{solution}" not in prompt:
             raise ValueError("the judge prompt needs {question} and {solution} placeholders")
         self._endpoint, self._prompt, self._top = endpoint, prompt, top_logprobs
 
+    def _chat(self, question: str, solution: str) -> list[Message]:
+        return [{"role": "user", "content": self._prompt.format(question=question,
+                                                                solution=solution)}]
+
     async def score(self, chat: list[Message], solution: str) -> Reward:
-        content = self._prompt.format(question=question_of(chat), solution=solution or "(empty)")
-        reply = await complete(
-            self._endpoint, [{"role": "user", "content": content}], "", max_tokens=1,
-            temperature=0.0, top_p=1.0, top_logprobs=self._top,
-        )
+        judged = await self._fitted(question_of(chat), solution or "(empty)")
+        reply = await complete(self._endpoint, judged, "", max_tokens=1, temperature=0.0,
+                               top_p=1.0, top_logprobs=self._top)
         return Reward(
             verdict(reply.top_logprobs[0] if reply.top_logprobs else {}, reply.text),
             reply.prompt_tokens,
             reply.completion_tokens,
         )
+
+    async def _fitted(self, question: str, solution: str) -> list[Message]:
+        """The judge's chat, its solution cut to the longest tail (after :data:`ELISION`) with
+        which the rendered prompt and the verdict token fit the window; whole on the text
+        route or without a known window."""
+        whole = self._chat(question, solution)
+        ids = await render_chat(self._endpoint, whole)  # its answer carries the window
+        limit = await context_limit(self._endpoint) if ids is not None else None
+        if ids is None or limit is None or len(ids) < limit:  # prompt + 1 token fits
+            return whole
+        floor = self._chat(question, ELISION)
+        base = await self._length(floor)
+        if base >= limit:
+            raise no_room(self._endpoint, base, 0, limit, what="the judge prompt with the "
+                          "solution cut to its elision marker")
+        keep, length = len(solution), len(ids)
+        for _ in range(_FIT_TRIES):
+            # the tail's tokens scale with its characters: cut what overflowed, at the
+            # density the last render measured
+            tail_tokens = max(length - base, 1)
+            keep = min(keep - 1, keep * (limit - 1 - base) // tail_tokens)
+            if keep <= 0:
+                break
+            cut = self._chat(question, ELISION + solution[-keep:])
+            length = await self._length(cut)
+            if length < limit:
+                return cut
+        return floor
+
+    async def _length(self, judged: list[Message]) -> int:
+        """The judge chat's rendered prompt, in tokens (the token route's ``/tokenize``)."""
+        ids = await render_chat(self._endpoint, judged)
+        if ids is None:  # the route was learned by the first render: cannot happen
+            raise ServerRefused(f"{self._endpoint.server_root}/tokenize stopped answering",
+                                api_base=self._endpoint.api_base)
+        return len(ids)
 
 
 def verdict(top_logprobs: dict[str, float], text: str) -> float:

@@ -7,6 +7,8 @@ return the next scripted probe reply. Tokens are ``\\S+\\s*`` runs; ``usage`` co
 It speaks both routes of the library:
 
 - chat completions (``/v1/chat/completions``, the text route), answered by ``Script.reply``;
+  with the token API on, a chat whose rendered prompt plus ``max_tokens`` passes
+  ``max_model_len`` is refused (400) as vLLM refuses it;
 - vLLM's token API (the token route, ``token_api=True``): ``/tokenize`` renders chat messages
   through the chat template or tokenizes a plain prompt, answering the ids and
   ``max_model_len`` (also listed by ``/v1/models``); ``/detokenize``; ``/tokenizer_info`` (the
@@ -172,7 +174,7 @@ class ScriptedServer:
                 if generation and getattr(outer.script, "generation_delay_s", 0):
                     time.sleep(outer.script.generation_delay_s)  # a slow reply
                 if path.endswith("/chat/completions"):
-                    self._send(*outer.reply(body))
+                    self._send(*(outer.overflow(body) or outer.reply(body)))
                 elif outer.token_api and path == "/tokenize":
                     self._send(200, outer.tokenize(body))
                 elif outer.token_api and path == "/detokenize":
@@ -196,6 +198,22 @@ class ScriptedServer:
             return self.script.reply(body)  # type: ignore[no-any-return]
         with self._reply_lock:
             return self.script.reply(body)  # type: ignore[no-any-return]
+
+    def overflow(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """vLLM's 400 for a chat request whose rendered prompt plus ``max_tokens`` passes
+        ``max_model_len``, on a server with the token API (which counts in ids); ``None`` for
+        one that fits (or a chat-only server, which counts no ids)."""
+        if not self.token_api:
+            return None
+        prompt = len(self.vocab.encode(self.rendered(body)))
+        limit = getattr(self.script, "max_model_len", 32768)
+        wanted = int(body.get("max_tokens") or 1)
+        if prompt + wanted <= limit:
+            return None
+        return _error(f"This model's maximum context length is {limit} tokens. However, you "
+                      f"requested {prompt + wanted} tokens ({prompt} in the messages, {wanted} "
+                      "in the completion). Please reduce the length of the messages or "
+                      "completion.")
 
     def metrics(self) -> str:
         """vLLM's token counters in Prometheus text, counted from what the server answered:

@@ -108,9 +108,12 @@ async def test_tree_steps_and_judge_rewards_share_the_programs_key(
     await graph.ainvoke({"question": "q"})
     steps = len(first["nodes"]) - 1
     assert first["stop_reason"] == "budget" and steps == 4
-    judged = [r for r in scripted.requests[:sent] if "Is this solution correct" in str(
+    judged = [r["path"] for r in scripted.requests[:sent] if "Is this solution correct" in str(
         r["body"].get("messages"))]
-    assert len(judged) == steps
+    # a verdict per step; on the token route each judge prompt is rendered first (/tokenize),
+    # to be sized to the window, and that request carries the program's key too
+    assert judged.count("/v1/chat/completions") == steps
+    assert judged.count("/tokenize") == (steps if route_endpoint.continuation == "tokens" else 0)
     assert generations(scripted, 0) - generations(scripted, sent) == 2 * steps
     one, two = set(keys(scripted)[:sent]), set(keys(scripted, sent))
     assert len(one) == len(two) == 1 and None not in one | two and one != two

@@ -8,7 +8,9 @@ probe after which the probe answer equals the final answer and never changes aga
 ``cot:T@C+transitions`` replays ``probe_at='transitions'`` (skipping a probe does not change
 the reasoning): only the probes after chunks that complete a transition marker count. What
 traces cannot replay is a probe *at* a transition token inside a chunk (DEER's placement):
-they hold probes at chunk ends only::
+they hold probes at chunk ends only. A trace that ended at the server's context window
+(``context``) replays as one that spent its budget: the model did not finish, every method
+meets its last probe, and that probe answers (``truncate:N`` beyond the window is that run)::
 
     traces = load_traces(Path("traces.jsonl"))
     rows, summary = replay_traces(traces, ["full", "oracle", "mid", "cot:2@32"])
@@ -49,8 +51,9 @@ def _row(method: Method, trace: Trace, answer: str, tokens: int, probes: Iterabl
 
 
 def _full(method: Method, trace: Trace) -> ResultRow:
-    """Run to the end; a budget stop pays for the one probe that gives its answer."""
-    last = trace.probes[-1:] if trace.stop_reason == "budget" else []
+    """Run to the end; a budget or context-window stop pays for the one probe that gives its
+    answer."""
+    last = trace.probes[-1:] if trace.probe_answered else []
     return _row(method, trace, trace.answer, trace.reasoning_tokens, last, trace.stop_reason)
 
 
@@ -67,6 +70,8 @@ def _oracle(method: Method, trace: Trace) -> ResultRow:
 def _truncate(method: Method, trace: Trace) -> ResultRow:
     if trace.reasoning_tokens <= method.budget and trace.stop_reason == "finished":
         return _full(method, trace)
+    if trace.reasoning_tokens < method.budget and trace.stop_reason == "context":
+        return _full(method, trace)  # the window ends it before N, on the same last probe
     if trace.settings.max_tokens <= method.budget:
         return _full(method, trace)
     at = [p for p in trace.probes if p.tokens == method.budget]
@@ -84,14 +89,15 @@ def _every_mth(method: Method, trace: Trace) -> list[TraceProbe]:
                          f"recorded chunk size {recorded} (trace {trace.id!r})")
     step, last = method.chunk // recorded, len(trace.probes) - 1
     return [p for i, p in enumerate(trace.probes)
-            if (i + 1) % step == 0 or (i == last and trace.stop_reason == "budget")]
+            if (i + 1) % step == 0 or (i == last and trace.probe_answered)]
 
 
 def _at_transitions(method: Method, trace: Trace, probes: list[TraceProbe]
                     ) -> list[TraceProbe]:
     """Of the probes a graph with chunk ``method.chunk`` meets, those ``probe_at=
     'transitions'`` makes: after a chunk whose text completes a transition marker, and the
-    budget's last. Exact from the recorded reasoning and each probe's offset (``chars``)."""
+    last one at the budget or the context window. Exact from the recorded reasoning and each
+    probe's offset (``chars``)."""
     if any(p.chars is None for p in probes):
         raise ValueError(f"{method.name}: trace {trace.id!r} was recorded before probes "
                          "carried their reasoning offset (chars); record it again")
@@ -99,8 +105,8 @@ def _at_transitions(method: Method, trace: Trace, probes: list[TraceProbe]
     kept, start = [], 0
     for probe in probes:
         end = int(probe.chars or 0)
-        budget = trace.stop_reason == "budget" and probe is trace.probes[-1]
-        if budget or crossed_transition(trace.reasoning[:end], start, markers):
+        last = trace.probe_answered and probe is trace.probes[-1]
+        if last or crossed_transition(trace.reasoning[:end], start, markers):
             kept.append(probe)
         start = end
     return kept

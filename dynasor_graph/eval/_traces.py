@@ -10,6 +10,12 @@ offline by :mod:`dynasor_graph._replay` in seconds. Recording runs the CoT graph
                                  CoTConfig(chunk_size=32, max_tokens=256), Path("traces.jsonl"))
 
 Rerunning with the same ``out`` skips the traces already written (resumable).
+
+A trace ends one of three ways (``stop_reason``): the model finished by itself (``finished``:
+its text's final answer, also after it closed its thinking and answered), ``max_tokens`` was
+spent (``budget``), or no further chunk fit in the server's context window (``context``, token
+mode; traces recorded before it existed say ``budget`` there). The last two end on the last
+probe, which answers: replay treats them alike.
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ _COMPARED_SETTINGS = ("model", "chunk_size", "max_tokens", "temperature", "top_p
                       "hesitation_words", "system_prompt", "chat_template_kwargs", "thinking")
 # What a trace recorded before a setting existed: the setting's default.
 _DEFAULTS: dict[str, Any] = {"chat_template_kwargs": {}, "thinking": None}
+
+
+TraceStop = Literal["finished", "budget", "context"]
+"""How a recorded run ended: the model finished by itself, the budget was spent, or the
+server's context window was full; in the last two the last probe answers."""
 
 
 class TraceProbe(BaseModel):
@@ -71,7 +82,8 @@ class TraceSettings(BaseModel):
 
 
 class Trace(BaseModel):
-    """One recorded reasoning run: probes after every chunk up to its natural end or budget."""
+    """One recorded reasoning run: probes after every chunk up to its natural end, its budget
+    or the server's context window (``stop_reason``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -80,13 +92,19 @@ class Trace(BaseModel):
     gold: str
     answer: str
     correct: bool
-    stop_reason: Literal["finished", "budget"]
+    stop_reason: TraceStop
     reasoning_tokens: int = Field(ge=0)
     reasoning_prompt_tokens: int = Field(ge=0)
     probes: list[TraceProbe]
     settings: TraceSettings
     question: str
     reasoning: str = ""
+
+    @property
+    def probe_answered(self) -> bool:
+        """The run did not finish by itself (``budget`` or ``context``): its last probe gives
+        its answer, and is paid for."""
+        return self.stop_reason != "finished"
 
     @model_validator(mode="after")
     def _probes_in_order(self) -> Trace:
@@ -129,8 +147,9 @@ async def record_trace(endpoint: Endpoint, problem: Problem, config: CoTConfig,
     """Reason about ``problem`` to the budget (or its natural end), probing after every chunk.
 
     This runs the Dynasor-CoT graph itself with ``early_exit=False``: the same nodes, requests
-    and retries, only the Certaindex never ends the run. A run that ends by budget answers
-    with its last probe, a finished one with its text's final answer.
+    and retries, only the Certaindex never ends the run. A run that ends by budget or at the
+    server's context window (``context``) answers with its last probe, a finished one
+    (``finished`` or ``answered``) with its text's final answer.
     """
     graph = create_cot(endpoint, config, early_exit=False)
     state: dict[str, Any] = {}
@@ -148,8 +167,7 @@ async def record_trace(endpoint: Endpoint, problem: Problem, config: CoTConfig,
             for update in chunk.values():
                 state.update(update or {})
     usage = state["usage"]
-    stop: Literal["finished", "budget"] = (
-        "finished" if state.get("stop_reason") == "finished" else "budget")
+    stop = _STOPS.get(str(state.get("stop_reason")), "budget")
     answer = str(state.get("answer", ""))
     return Trace(
         id=problem.id, sample=sample, gold=problem.gold, answer=answer,
@@ -159,6 +177,12 @@ async def record_trace(endpoint: Endpoint, problem: Problem, config: CoTConfig,
         settings=TraceSettings.model_validate(_settings(endpoint, config)),
         question=problem.question, reasoning=str(state.get("reasoning", "")),
     )
+
+
+_STOPS: dict[str, TraceStop] = {"finished": "finished", "answered": "finished",
+                                 "context": "context"}
+"""The graph's stop reasons as a trace's: the model's own end is ``finished`` (``answered``
+too: it closed its thinking and answered), the window ``context``, the rest ``budget``."""
 
 
 def _settings(endpoint: Endpoint, config: CoTConfig) -> dict[str, Any]:
