@@ -5,8 +5,10 @@ SmolLM2 has no think tokens, so the server runs its think-token variant
 (:func:`~dynasor_graph.local._variants.ensure_think_variant`: ``<think>`` / ``</think>`` added as
 single ids; a plumbing stand-in, not a reasoning model) with the verbatim DeepSeek-R1-Distill
 chat template (and the verbatim Qwen3 template with ``--reasoning-parser qwen3``). One fixture
-starts the server with the parser, runs every program, stops it, then starts the same variant
-without the parser and runs the same programs (one vLLM at a time); the tests compare. With
+runs every program on the server with the parser, then the same programs on the same variant
+without the parser; the tests compare. The servers start two at a time
+(:class:`conftest.ServersAhead`): each template's pair together, the next one's while the
+programs run. With
 the parser, chat completions put the thinking in ``message.reasoning`` and leave ``content``
 null until ``</think>``; ``/v1/completions`` (token mode) ignores it.
 
@@ -16,11 +18,19 @@ see docs/reasoning-families.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import counters, exact_prompts, rendered_length, suffix_length, with_fields
+from conftest import (
+    ServersAhead,
+    counters,
+    exact_prompts,
+    rendered_length,
+    suffix_length,
+    with_fields,
+)
 
 from dynasor_graph import CoTConfig, Endpoint, create_cot
 from dynasor_graph.eval._metrics import counter_delta as delta
@@ -45,36 +55,52 @@ RUNS_OF = {"deepseek_r1_distill": list(RUNS), "qwen3": ["budget"]}
 """The runs each template's servers make (Qwen3's: one, to keep the real-vLLM time small)."""
 
 
-async def _serve_and_run(template: str, parser: bool) -> dict[str, Any]:
-    flags = ("--reasoning-parser", PARSERS[template]) if parser else ()
-    server = LocalServer(model_dir=ensure_think_variant(), extra_args=(
-        "--chat-template", str(TEMPLATES / f"{template}.jinja"), *flags))
+async def _run_all(template: str, server: LocalServer) -> dict[str, Any]:
+    """Every run of ``template`` on ``server``, token mode and text mode."""
+    tokens = Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base, timeout_s=300)
+    text = with_fields(tokens, continuation="text")
     seen: dict[str, Any] = {}
-    with server:
-        tokens = Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base, timeout_s=300)
-        text = with_fields(tokens, continuation="text")
-        for name in RUNS_OF[template]:
-            question, seed = RUNS[name]
-            config = with_fields(CONFIG, seed=seed)
-            before = counters(tokens)
-            result = await create_cot(tokens, config).ainvoke({"question": question})
-            seen[name] = {"result": result, "server": delta(before, counters(tokens)),
-                          "first": rendered_length(tokens, question),
-                          "suffix": suffix_length(tokens)}
-        question, seed = RUNS["budget"]
-        seen["text"] = await create_cot(text, with_fields(CONFIG, seed=seed)).ainvoke(
-            {"question": question})
+    for name in RUNS_OF[template]:
+        question, seed = RUNS[name]
+        config = with_fields(CONFIG, seed=seed)
+        before = counters(tokens)
+        result = await create_cot(tokens, config).ainvoke({"question": question})
+        seen[name] = {"result": result, "server": delta(before, counters(tokens)),
+                      "first": rendered_length(tokens, question),
+                      "suffix": suffix_length(tokens)}
+    question, seed = RUNS["budget"]
+    seen["text"] = await create_cot(text, with_fields(CONFIG, seed=seed)).ainvoke(
+        {"question": question})
     return seen
 
 
+def _server(template: str, parser: bool) -> LocalServer:
+    flags = ("--reasoning-parser", PARSERS[template]) if parser else ()
+    return LocalServer(model_dir=ensure_think_variant(), extra_args=(
+        "--chat-template", str(TEMPLATES / f"{template}.jinja"), *flags))
+
+
+@pytest.fixture(scope="module")
+def parser_servers() -> Iterator[ServersAhead]:
+    """Per template, the server with the parser and the one without, two starting at once."""
+    ensure_think_variant()  # converted once, here, not by two starting threads
+    servers = ServersAhead([lambda t=template, p=parser: _server(t, p)
+                            for template in PARSERS for parser in (True, False)])
+    yield servers
+    servers.close()
+
+
 @pytest.fixture(scope="module", params=list(PARSERS))
-def runs(request: pytest.FixtureRequest) -> dict[Any, Any]:
+def runs(request: pytest.FixtureRequest, parser_servers: ServersAhead) -> dict[Any, Any]:
     import asyncio
 
-    template = request.param  # one vLLM at a time: each is stopped before the next starts
-    with_parser = asyncio.run(_serve_and_run(template, parser=True))
-    return {True: with_parser, False: asyncio.run(_serve_and_run(template, parser=False)),
-            "template": template}
+    template = request.param
+    seen: dict[Any, Any] = {"template": template}
+    for offset, parser in enumerate((True, False)):  # one runs while the other starts
+        index = 2 * request.param_index + offset
+        seen[parser] = asyncio.run(_run_all(template, parser_servers.take(index)))
+        parser_servers.done(index)
+    return seen
 
 
 @pytest.mark.parametrize("name", list(RUNS))

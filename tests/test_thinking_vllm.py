@@ -16,7 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import QUESTION, counters, exact_prompts, rendered_length, suffix_length
+from conftest import (
+    QUESTION,
+    ServersAhead,
+    counters,
+    exact_prompts,
+    rendered_length,
+    suffix_length,
+)
 
 from dynasor_graph import CoTConfig, Endpoint, SCConfig, create_cot, create_sc
 from dynasor_graph.eval import Problem
@@ -29,13 +36,27 @@ pytestmark = pytest.mark.vllm
 TEMPLATES = Path(__file__).parent / "chat_templates"
 
 
-@pytest.fixture(scope="module", params=["deepseek_r1_distill", "qwen3"])
-def templated(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
+TEMPLATE_NAMES = ["deepseek_r1_distill", "qwen3"]
+
+
+@pytest.fixture(scope="module")
+def template_servers() -> Iterator[ServersAhead]:
+    """One server per template, both started at once."""
+    servers = ServersAhead([
+        lambda name=name: LocalServer(extra_args=("--chat-template",
+                                                  str(TEMPLATES / f"{name}.jinja")))
+        for name in TEMPLATE_NAMES])
+    yield servers
+    servers.close()
+
+
+@pytest.fixture(scope="module", params=TEMPLATE_NAMES)
+def templated(request: pytest.FixtureRequest,
+              template_servers: ServersAhead) -> Iterator[Endpoint]:
     """SmolLM2 on the real local vLLM, rendering chats with a reasoning family's template."""
-    template = TEMPLATES / f"{request.param}.jinja"
-    server = LocalServer(extra_args=("--chat-template", str(template)))
-    with server:
-        yield Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base, timeout_s=300)
+    server = template_servers.take(request.param_index)
+    yield Endpoint(model=SERVED_MODEL_NAME, api_base=server.api_base, timeout_s=300)
+    template_servers.done(request.param_index)
 
 
 async def test_cot_continues_token_exactly_and_probes_hit_the_cache(
