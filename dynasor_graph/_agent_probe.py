@@ -20,7 +20,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from ._endpoint import Endpoint, Message
 from ._http import post_json
-from ._probe import ProbeConfig, ProbeReply, ask_probe
+from ._probe import ProbeConfig, ProbeReply, ask_probe, probe_reserve
 from ._thinking import detect
 from ._token_route import render_chat, room, token_ids, tokenize
 
@@ -108,6 +108,6 @@ async def probe_fits(endpoint: Endpoint, settings: ProbeConfig,
     mode, a server that reports none)."""
     if prompt_ids is None:
         return True
-    reserve = len(await tokenize(endpoint, settings.probe_suffix)) + settings.probe_max_tokens
-    left = await room(endpoint, len(prompt_ids) + len(generated), reserve=reserve)
+    left = await room(endpoint, len(prompt_ids) + len(generated),
+                      reserve=await probe_reserve(endpoint, settings))
     return left is None or left >= 0

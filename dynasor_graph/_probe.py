@@ -103,6 +103,12 @@ async def ask_probe(
                       completion=reply)
 
 
+async def probe_reserve(endpoint: Endpoint, settings: ProbeConfig) -> int:
+    """The window a probe takes after its prompt: the suffix's ids (cached per server) and
+    ``probe_max_tokens``."""
+    return len(await tokenize(endpoint, settings.probe_suffix)) + settings.probe_max_tokens
+
+
 async def chunk_room(endpoint: Endpoint, settings: ProbeConfig, prompt_ids: Sequence[int] | None,
                      generated: int, *, probe: bool = True) -> int | None:
     """The most tokens the next chunk may generate after ``prompt_ids`` and ``generated``
@@ -113,8 +119,7 @@ async def chunk_room(endpoint: Endpoint, settings: ProbeConfig, prompt_ids: Sequ
     if prompt_ids is None:
         return None
     # the suffix first: its /tokenize answer carries the window, so reading it costs nothing
-    reserve = (len(await tokenize(endpoint, settings.probe_suffix))
-               + settings.probe_max_tokens) if probe else 0
+    reserve = await probe_reserve(endpoint, settings) if probe else 0
     left = await room(endpoint, len(prompt_ids) + generated, reserve=reserve)
     if left is not None and left < 1 and generated == 0:
         raise no_room(endpoint, len(prompt_ids), reserve, await context_limit(endpoint) or 0)
