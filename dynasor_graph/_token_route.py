@@ -92,18 +92,20 @@ async def room(endpoint: Endpoint, prompt: int, *, reserve: int = 0) -> int | No
 
 
 def completion_body(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens: int,
-                    temperature: float, top_p: float, seed: int | None) -> dict[str, Any]:
+                    temperature: float, top_p: float, seed: int | None,
+                    top_logprobs: int = 0) -> dict[str, Any]:
     """The ``/v1/completions`` JSON body of a token-route call: the prompt ids, sampling,
-    ``return_token_ids`` plus ``logprobs=0`` (the generated ids, their text offsets and their
-    logprobs), the detected format's fields, the program's request tags (e.g. vLLM's
-    ``priority``) and the seed. Both clients send it (:func:`completion_request`), and the
-    streamed route (:mod:`._stream`) with ``stream`` and ``stream_options`` added."""
+    ``return_token_ids`` plus ``logprobs`` (the generated ids, their text offsets and their
+    logprobs; ``top_logprobs`` alternatives per token when asked), the detected format's
+    fields, the program's request tags (e.g. vLLM's ``priority``) and the seed. Both clients
+    send it (:func:`completion_request`), and the streamed route (:mod:`._stream`) with
+    ``stream`` and ``stream_options`` added."""
     body: dict[str, Any] = {
         "model": endpoint.served_name,
         "prompt": [prompt if isinstance(prompt, list) else list(prompt)],
         "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-        "return_token_ids": True, "logprobs": 0, **thinking_fields(endpoint, chat=False),
-        **request_tags_for(max_tokens)}
+        "return_token_ids": True, "logprobs": top_logprobs,
+        **thinking_fields(endpoint, chat=False), **request_tags_for(max_tokens)}
     if seed is not None:
         body["seed"] = seed
     return body
@@ -115,11 +117,12 @@ _NAMED = ("prompt", "max_tokens", "temperature", "top_p")
 
 
 def completion_request(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens: int,
-                       temperature: float, top_p: float, seed: int | None) -> dict[str, Any]:
+                       temperature: float, top_p: float, seed: int | None,
+                       top_logprobs: int = 0) -> dict[str, Any]:
     """:func:`completion_body` as both clients' keyword arguments (the model apart, each
     client names it its own way), with the timeout and the program's session header."""
     body = completion_body(endpoint, prompt, max_tokens=max_tokens, temperature=temperature,
-                           top_p=top_p, seed=seed)
+                           top_p=top_p, seed=seed, top_logprobs=top_logprobs)
     headers = session_headers()
     return {
         **{key: body[key] for key in _NAMED}, "timeout": endpoint.timeout_s,
@@ -136,12 +139,15 @@ async def complete_tokens(
     temperature: float,
     top_p: float,
     seed: int | None = None,
+    top_logprobs: int = 0,
 ) -> Completion:
     """Continue a prompt of token ids for at most ``max_tokens`` tokens through vLLM's
     ``/v1/completions``, returning the generated ids (``return_token_ids``), where each token
-    starts in the text, and each token's logprob."""
+    starts in the text, each token's logprob and, when ``top_logprobs > 0``, that many of
+    its most likely alternatives (an LLM judge reads them)."""
     request = completion_request(endpoint, prompt, max_tokens=max_tokens,
-                                 temperature=temperature, top_p=top_p, seed=seed)
+                                 temperature=temperature, top_p=top_p, seed=seed,
+                                 top_logprobs=top_logprobs)
     try:
         call: Awaitable[Any]
         if endpoint.client == "openai":
@@ -180,6 +186,7 @@ def parse_completion(response: Any, endpoint: Endpoint) -> Completion:
     logprobs = field(choice, "logprobs")
     offsets = field(logprobs, "text_offset") if logprobs is not None else None
     chosen = field(logprobs, "token_logprobs") if logprobs is not None else None
+    alternatives = field(logprobs, "top_logprobs") if logprobs is not None else None
     return Completion(
         text=str(field(choice, "text") or ""),
         finish_reason=str(field(choice, "finish_reason") or "stop"),
@@ -188,6 +195,8 @@ def parse_completion(response: Any, endpoint: Endpoint) -> Completion:
         token_ids=tuple(int(i) for i in generated),
         token_offsets=tuple(int(o) for o in offsets or ()),
         token_logprobs=tuple(float(p) for p in chosen or () if p is not None),
+        top_logprobs=tuple({str(t): float(p) for t, p in (top or {}).items()}
+                           for top in alternatives or ()),
     )
 
 

@@ -43,7 +43,8 @@ from ._endpoint import Endpoint, Message
 from ._errors import ServerRefused
 from ._http import post_json
 from ._text_route import complete
-from ._token_route import render_chat
+from ._thinking import detect
+from ._token_route import complete_tokens, render_chat, tokenize
 
 JUDGE_PROMPT = (
     "Question:\n{question}\n\nProposed solution (it may be unfinished):\n{solution}\n\n"
@@ -105,6 +106,10 @@ class JudgeReward:
     solution too long to fit is shown from :data:`ELISION` on, its end kept (see the module
     doc). On the text route, which counts no tokens before sending, it is sent whole, and a
     server refusal raises its :class:`~dynasor_graph.ServerRefused`.
+
+    On a reasoning model (a thinking family whose thinking is not switched off) the token
+    route closes an empty thinking the family's way before the verdict token, sent as ids to
+    ``/v1/completions``: else the one token would be the first word of the judge's thinking.
     """
 
     def __init__(self, endpoint: Endpoint, prompt: str = JUDGE_PROMPT, top_logprobs: int = 20):
@@ -117,29 +122,53 @@ class JudgeReward:
                                                                 solution=solution)}]
 
     async def score(self, chat: list[Message], solution: str) -> Reward:
-        judged = await self._fitted(question_of(chat), solution or "(empty)")
-        reply = await complete(self._endpoint, judged, "", max_tokens=1, temperature=0.0,
-                               top_p=1.0, top_logprobs=self._top)
+        closed = await self._closed_thinking()
+        judged, ids = await self._fitted(question_of(chat), solution or "(empty)", len(closed))
+        if ids is not None and closed:  # a thinking family: the verdict follows the closing
+            reply = await complete_tokens(self._endpoint, [*ids, *closed], max_tokens=1,
+                                          temperature=0.0, top_p=1.0, top_logprobs=self._top)
+        else:
+            reply = await complete(self._endpoint, judged, "", max_tokens=1, temperature=0.0,
+                                   top_p=1.0, top_logprobs=self._top)
         return Reward(
             verdict(reply.top_logprobs[0] if reply.top_logprobs else {}, reply.text),
             reply.prompt_tokens,
             reply.completion_tokens,
         )
 
-    async def _fitted(self, question: str, solution: str) -> list[Message]:
-        """The judge's chat, its solution cut to the longest tail (after :data:`ELISION`) with
-        which the rendered prompt and the verdict token fit the window; whole on the text
-        route or without a known window."""
+    async def _closed_thinking(self) -> tuple[int, ...]:
+        """On the token route, for a thinking family whose thinking is not switched off, the
+        ids of an empty thinking, closed as the family's model closes it (R1's
+        ``\\n\\n</think>\\n\\n`` after the prompt's ``<think>``; Qwen3's whole
+        ``<think>\\n\\n</think>\\n\\n``): else the one verdict token would be the
+        thinking's first word. ``()`` otherwise."""
+        endpoint = self._endpoint
+        if endpoint.continuation == "text" or endpoint.thinking is False:
+            return ()
+        fmt = await detect(endpoint)
+        if fmt.plain:
+            return ()
+        before, _ = fmt.closing(fmt.open)  # the closing of an opened thinking
+        return await tokenize(endpoint, ("" if fmt.prompt_opens else fmt.open) + before)
+
+    async def _fitted(self, question: str, solution: str,
+                      reserve: int = 0) -> tuple[list[Message], list[int] | None]:
+        """The judge's chat (and its rendered ids, on the token route), its solution cut to
+        the longest tail (after :data:`ELISION`) with which the rendered prompt, ``reserve``
+        more ids and the verdict token fit the window; whole on the text route or without a
+        known window."""
         whole = self._chat(question, solution)
         ids = await render_chat(self._endpoint, whole)  # its answer carries the window
         limit = await context_limit(self._endpoint) if ids is not None else None
-        if ids is None or limit is None or len(ids) < limit:  # prompt + 1 token fits
-            return whole
+        if ids is None or limit is None or len(ids) + reserve < limit:  # + 1 token fits
+            return whole, ids
+        limit -= reserve
         floor = self._chat(question, ELISION)
-        base = await self._length(floor)
+        floor_ids = await self._render(floor)
+        base = len(floor_ids)
         if base >= limit:
-            raise no_room(self._endpoint, base, 0, limit, what="the judge prompt with the "
-                          "solution cut to its elision marker")
+            raise no_room(self._endpoint, base + reserve, 0, limit + reserve,
+                          what="the judge prompt with the solution cut to its elision marker")
         keep, length = len(solution), len(ids)
         for _ in range(_FIT_TRIES):
             # the tail's tokens scale with its characters: cut what overflowed, at the
@@ -149,18 +178,19 @@ class JudgeReward:
             if keep <= 0:
                 break
             cut = self._chat(question, ELISION + solution[-keep:])
-            length = await self._length(cut)
+            cut_ids = await self._render(cut)
+            length = len(cut_ids)
             if length < limit:
-                return cut
-        return floor
+                return cut, cut_ids
+        return floor, floor_ids
 
-    async def _length(self, judged: list[Message]) -> int:
-        """The judge chat's rendered prompt, in tokens (the token route's ``/tokenize``)."""
+    async def _render(self, judged: list[Message]) -> list[int]:
+        """The judge chat's rendered prompt ids (the token route's ``/tokenize``)."""
         ids = await render_chat(self._endpoint, judged)
         if ids is None:  # the route was learned by the first render: cannot happen
             raise ServerRefused(f"{self._endpoint.server_root}/tokenize stopped answering",
                                 api_base=self._endpoint.api_base)
-        return len(ids)
+        return ids
 
 
 def verdict(top_logprobs: dict[str, float], text: str) -> float:

@@ -133,3 +133,31 @@ def _is_r1(endpoint: Endpoint) -> bool:
     text = httpx.post(endpoint.server_root + "/detokenize", timeout=30, json={
         "model": endpoint.served_name, "tokens": ids}).json()["prompt"]
     return "<|im_start|>assistant" not in text  # R1-Distill has its own role tokens
+
+
+def _ids(endpoint: Endpoint, body: dict[str, object]) -> list[int]:
+    tokens = httpx.post(endpoint.server_root + "/tokenize", timeout=30,
+                        json={"model": endpoint.served_name, **body}).json()["tokens"]
+    assert isinstance(tokens, list)
+    return tokens
+
+
+async def test_a_judge_reads_its_verdict_after_the_closed_thinking(templated: Endpoint) -> None:
+    # Under a reasoning template the judge's one token would be the thinking's first word: it
+    # closes the thinking the family's way first (R1: after the prompt's own <think>; Qwen3:
+    # the whole empty block), sent as ids, and reads the alternatives of the token after it.
+    from dynasor_graph.rewards import JUDGE_PROMPT, JudgeReward
+
+    question, solution = "What is 2 + 3?", "2 + 3 = 5, so the answer is \\boxed{5}."
+    prompt = _ids(templated, {"add_generation_prompt": True, "messages": [
+        {"role": "user", "content": JUDGE_PROMPT.format(question=question, solution=solution)}]})
+    closing = _ids(templated, {"add_special_tokens": False, "prompt": (
+        "" if _is_r1(templated) else "<think>") + "\n\n</think>\n\n"})
+    before = counters(templated)
+    reward = await JudgeReward(templated).score([{"role": "user", "content": question}],
+                                                solution)
+    seen = delta(before, counters(templated))
+    assert (reward.prompt_tokens, reward.completion_tokens) == (len(prompt) + len(closing), 1)
+    assert (seen["vllm:prompt_tokens"], seen["vllm:generation_tokens"]) == (
+        len(prompt) + len(closing), 1)  # one request: the server's own count
+    assert 0.0 <= reward.score <= 1.0
