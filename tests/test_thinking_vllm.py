@@ -161,3 +161,45 @@ async def test_a_judge_reads_its_verdict_after_the_closed_thinking(templated: En
     assert (seen["vllm:prompt_tokens"], seen["vllm:generation_tokens"]) == (
         len(prompt) + len(closing), 1)  # one request: the server's own count
     assert 0.0 <= reward.score <= 1.0
+
+
+async def test_an_agent_probe_renders_the_step_with_the_family_s_template(
+    templated: Endpoint,
+) -> None:
+    # An agent step with a tool call under the reasoning template: its probe is the step's
+    # prompt as the template renders it (messages and tools, /tokenize), then its draft and the
+    # probe suffix, one /v1/completions request; vLLM's own counters are its usage.
+    import sys
+
+    from langchain_core.messages import AIMessage, HumanMessage
+    from test_context_gaps_vllm import DRAFT, ToolCallingFake, read_audit
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+    from agent import SYSTEM_PROMPT, build_agent
+
+    from dynasor_graph._agent_probe import openai_tools
+    from dynasor_graph.agents import EarlyStopConfig
+
+    question = "How many lamps does the warehouse hold?"
+    step = _ids(templated, {"add_generation_prompt": True, "tools": openai_tools([read_audit]),
+                            "messages": [{"role": "system", "content": SYSTEM_PROMPT},
+                                         {"role": "user", "content": question}]})
+    settings = EarlyStopConfig(certainty_threshold=2, probe_max_tokens=8, seed=0,
+                               probe_temperature=0)
+    probe_text = _ids(templated, {"add_special_tokens": False, "prompt": f"{DRAFT}\n\n"})
+    suffix = _ids(templated, {"add_special_tokens": False, "prompt": settings.probe_suffix})
+    call = {"name": "read_audit", "args": {"section": "lamps"}, "type": "tool_call", "id": "c1"}
+    turns = iter([AIMessage(DRAFT, tool_calls=[call]), AIMessage("888")])
+    agent = build_agent(templated, settings, model=ToolCallingFake(messages=turns),
+                        tools=[read_audit])
+    before = counters(templated)
+    result = await agent.ainvoke({"messages": [HumanMessage(question)]})
+    seen = delta(before, counters(templated))
+    report = result["early_stop"]
+    (probe,) = report["probes"]  # the step with the tool call; the final answer is not probed
+    usage = report["usage"]
+    assert probe["step"] == 1 and usage["tool_calls"] == 1
+    assert usage["probe_prompt_tokens"] == len(step) + len(probe_text) + len(suffix)
+    assert (seen["vllm:prompt_tokens"], seen["vllm:generation_tokens"]) == (
+        usage["probe_prompt_tokens"], usage["probe_completion_tokens"])
+    assert 1 <= usage["probe_completion_tokens"] <= 8
