@@ -25,3 +25,13 @@ def test_a_second_starter_on_a_port_is_refused_and_waits_instead() -> None:
     begin = time.monotonic()
     assert wait_if_starting(port) is False  # nobody holds it: no waiting at all
     assert time.monotonic() - begin < 1.5
+
+
+def test_servers_made_at_once_never_share_a_port() -> None:
+    # Two threads making servers at the same moment (ServersAhead, replicas): the kernel may
+    # hand both the same free port, and the second start would find it taken seconds later.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ports = list(pool.map(lambda _: free_port(), range(400)))
+    assert len(set(ports)) == len(ports)
