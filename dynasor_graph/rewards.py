@@ -122,8 +122,7 @@ class JudgeReward:
                                                                 solution=solution)}]
 
     async def score(self, chat: list[Message], solution: str) -> Reward:
-        closed = await self._closed_thinking()
-        judged, ids = await self._fitted(question_of(chat), solution or "(empty)", len(closed))
+        judged, ids, closed = await self._fitted(question_of(chat), solution or "(empty)")
         if ids is not None and closed:  # a thinking family: the verdict follows the closing
             reply = await complete_tokens(self._endpoint, [*ids, *closed], max_tokens=1,
                                           temperature=0.0, top_p=1.0, top_logprobs=self._top)
@@ -137,13 +136,13 @@ class JudgeReward:
         )
 
     async def _closed_thinking(self) -> tuple[int, ...]:
-        """On the token route, for a thinking family whose thinking is not switched off, the
-        ids of an empty thinking, closed as the family's model closes it (R1's
-        ``\\n\\n</think>\\n\\n`` after the prompt's ``<think>``; Qwen3's whole
-        ``<think>\\n\\n</think>\\n\\n``): else the one verdict token would be the
-        thinking's first word. ``()`` otherwise."""
+        """For a thinking family whose thinking is not switched off, the ids of an empty
+        thinking, closed as the family's model closes it (R1's ``\\n\\n</think>\\n\\n``
+        after the prompt's ``<think>``; Qwen3's whole ``<think>\\n\\n</think>\\n\\n``):
+        else the one verdict token would be the thinking's first word. ``()`` otherwise.
+        Token route only (it tokenizes)."""
         endpoint = self._endpoint
-        if endpoint.continuation == "text" or endpoint.thinking is False:
+        if endpoint.thinking is False:
             return ()
         fmt = await detect(endpoint)
         if fmt.plain:
@@ -151,17 +150,21 @@ class JudgeReward:
         before, _ = fmt.closing(fmt.open)  # the closing of an opened thinking
         return await tokenize(endpoint, ("" if fmt.prompt_opens else fmt.open) + before)
 
-    async def _fitted(self, question: str, solution: str,
-                      reserve: int = 0) -> tuple[list[Message], list[int] | None]:
-        """The judge's chat (and its rendered ids, on the token route), its solution cut to
-        the longest tail (after :data:`ELISION`) with which the rendered prompt, ``reserve``
-        more ids and the verdict token fit the window; whole on the text route or without a
-        known window."""
+    async def _fitted(self, question: str, solution: str
+                      ) -> tuple[list[Message], list[int] | None, tuple[int, ...]]:
+        """The judge's chat, and on the token route its rendered ids and the closed thinking
+        (:meth:`_closed_thinking`), its solution cut to the longest tail (after
+        :data:`ELISION`) with which the rendered prompt, the closing and the verdict token fit
+        the window; whole on the text route or without a known window."""
         whole = self._chat(question, solution)
         ids = await render_chat(self._endpoint, whole)  # its answer carries the window
-        limit = await context_limit(self._endpoint) if ids is not None else None
-        if ids is None or limit is None or len(ids) + reserve < limit:  # + 1 token fits
-            return whole, ids
+        if ids is None:  # the text route: nothing to size, nothing to close
+            return whole, None, ()
+        closed = await self._closed_thinking()
+        reserve = len(closed)
+        limit = await context_limit(self._endpoint)
+        if limit is None or len(ids) + reserve < limit:  # + 1 token fits
+            return whole, ids, closed
         limit -= reserve
         floor = self._chat(question, ELISION)
         floor_ids = await self._render(floor)
@@ -181,8 +184,8 @@ class JudgeReward:
             cut_ids = await self._render(cut)
             length = len(cut_ids)
             if length < limit:
-                return cut, cut_ids
-        return floor, floor_ids
+                return cut, cut_ids, closed
+        return floor, floor_ids, closed
 
     async def _render(self, judged: list[Message]) -> list[int]:
         """The judge chat's rendered prompt ids (the token route's ``/tokenize``)."""
