@@ -26,6 +26,15 @@ _OPENAI: weakref.WeakKeyDictionary[
     weakref.WeakKeyDictionary())
 
 
+def encode_json(body: dict[str, Any]) -> bytes:
+    """``body`` as a request's JSON bytes, through orjson: a reasoning program's prompt is its
+    whole token-id list (32K ids at 32K tokens, two requests a round), which the standard
+    library's encoder takes about ten times longer to write."""
+    import orjson
+
+    return orjson.dumps(body)
+
+
 def shared_client() -> httpx.AsyncClient:
     """The running loop's pooled httpx client."""
     import httpx
@@ -92,8 +101,9 @@ async def post_json(endpoint: Endpoint, path: str, body: dict[str, Any], *,
 
     url = endpoint.server_root + path
     headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}",
-               **session_headers()}
-    request = shared_client().post(url, json=body, headers=headers, timeout=endpoint.timeout_s)
+               "Content-Type": "application/json", **session_headers()}
+    request = shared_client().post(url, content=encode_json(body), headers=headers,
+                                   timeout=endpoint.timeout_s)
     try:
         response = await (admitted(0, request) if admit else request)
     except httpx.TransportError as exc:

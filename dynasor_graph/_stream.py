@@ -34,7 +34,7 @@ from langgraph.config import get_stream_writer
 
 from ._endpoint import Completion, Endpoint, admitted, session_headers
 from ._errors import EndpointError, EndpointUnreachable, ServerBusy, ServerRefused, body_message
-from ._http import shared_client
+from ._http import encode_json, shared_client
 from ._state import Usage
 from ._token_route import completion_body
 from ._transcript import generated_count
@@ -93,7 +93,7 @@ class LiveStream:
                                         temperature=temperature, top_p=top_p, seed=seed),
                       "stream": True, "stream_options": {"include_usage": True}}
         self._headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}",
-                         **session_headers()}
+                         "Content-Type": "application/json", **session_headers()}
         self.server_usage: dict[str, Any] | None = None
         self._task = asyncio.create_task(self._admitted())
 
@@ -189,7 +189,8 @@ class LiveStream:
         api_base = self.endpoint.api_base
         client = shared_client()
         request = client.build_request(
-            "POST", f"{api_base}/completions", json=self._body, headers=self._headers,
+            "POST", f"{api_base}/completions", content=encode_json(self._body),
+            headers=self._headers,
             timeout=httpx.Timeout(self.endpoint.timeout_s))
         try:
             response = await client.send(request, stream=True)

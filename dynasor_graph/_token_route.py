@@ -11,7 +11,8 @@ Two clients send the same ``/v1/completions`` request (``Endpoint.client``):
 - ``"litellm"`` (default): ``litellm.atext_completion``, LiteLLM's public API, so the user's
   LiteLLM callbacks, budgets, caches and rules see every call;
 - ``"openai"``: the OpenAI SDK's ``AsyncOpenAI`` directly, skipping LiteLLM's per-call logging
-  and pricing (less client CPU per round; LiteLLM's callbacks do not see these calls).
+  and pricing (less client CPU per round; LiteLLM's callbacks do not see these calls). Its
+  body is encoded once by orjson and sent with the SDK's own ``post``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from ._context import context_limit, remember
 from ._endpoint import Completion, Endpoint, Message, admitted, request_tags_for, session_headers
 from ._errors import ServerRefused, endpoint_error
-from ._http import openai_client, post_json
+from ._http import encode_json, openai_client, post_json
 from ._text_route import complete, field
 from ._thinking import detect, thinking_fields
 
@@ -98,8 +99,8 @@ def completion_body(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens: in
     ``return_token_ids`` plus ``logprobs`` (the generated ids, their text offsets and their
     logprobs; ``top_logprobs`` alternatives per token when asked), the detected format's
     fields, the program's request tags (e.g. vLLM's ``priority``) and the seed. Both clients
-    send it (:func:`completion_request`), and the streamed route (:mod:`._stream`) with
-    ``stream`` and ``stream_options`` added."""
+    send it (the OpenAI SDK as it is, LiteLLM through :func:`completion_request`), and the
+    streamed route (:mod:`._stream`) with ``stream`` and ``stream_options`` added."""
     body: dict[str, Any] = {
         "model": endpoint.served_name,
         "prompt": [prompt if isinstance(prompt, list) else list(prompt)],
@@ -112,15 +113,15 @@ def completion_body(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens: in
 
 
 _NAMED = ("prompt", "max_tokens", "temperature", "top_p")
-"""The body's fields both clients take as named arguments; the rest rides in ``extra_body``
-(LiteLLM's text route does not map them), which the SDK merges into the same JSON body."""
+"""The body's fields LiteLLM takes as named arguments; the rest rides in ``extra_body`` (its
+text route does not map them), which the SDK under it merges into the same JSON body."""
 
 
 def completion_request(endpoint: Endpoint, prompt: Sequence[int], *, max_tokens: int,
                        temperature: float, top_p: float, seed: int | None,
                        top_logprobs: int = 0) -> dict[str, Any]:
-    """:func:`completion_body` as both clients' keyword arguments (the model apart, each
-    client names it its own way), with the timeout and the program's session header."""
+    """:func:`completion_body` as ``litellm.atext_completion``'s keyword arguments (the model
+    apart: LiteLLM names it its own way), with the timeout and the program's session header."""
     body = completion_body(endpoint, prompt, max_tokens=max_tokens, temperature=temperature,
                            top_p=top_p, seed=seed, top_logprobs=top_logprobs)
     headers = session_headers()
@@ -145,14 +146,19 @@ async def complete_tokens(
     ``/v1/completions``, returning the generated ids (``return_token_ids``), where each token
     starts in the text, each token's logprob and, when ``top_logprobs > 0``, that many of
     its most likely alternatives (an LLM judge reads them)."""
-    request = completion_request(endpoint, prompt, max_tokens=max_tokens,
-                                 temperature=temperature, top_p=top_p, seed=seed,
-                                 top_logprobs=top_logprobs)
     try:
         call: Awaitable[Any]
         if endpoint.client == "openai":
-            call = openai_client(endpoint).completions.create(
-                model=endpoint.served_name, **request)
+            import openai
+
+            # The SDK's own POST with the body already encoded (orjson, 10x the standard
+            # library's speed on a long id list): completions.create would encode it again.
+            body = completion_body(endpoint, prompt, max_tokens=max_tokens,
+                                   temperature=temperature, top_p=top_p, seed=seed,
+                                   top_logprobs=top_logprobs)
+            call = openai_client(endpoint).post(
+                "/completions", cast_to=openai.types.Completion, content=encode_json(body),
+                options={"timeout": endpoint.timeout_s, "headers": session_headers()})
         else:
             import litellm
 
@@ -161,7 +167,9 @@ async def complete_tokens(
                 model=f"text-completion-openai/{endpoint.served_name}",
                 client=openai_client(endpoint), api_base=endpoint.api_base,
                 api_key=endpoint.api_key.get_secret_value(), num_retries=0, max_retries=0,
-                **request)
+                **completion_request(endpoint, prompt, max_tokens=max_tokens,
+                                     temperature=temperature, top_p=top_p, seed=seed,
+                                     top_logprobs=top_logprobs))
         response = await admitted(max_tokens, call)
     except Exception as exc:
         raise endpoint_error(exc, endpoint.api_base) from exc
