@@ -81,24 +81,17 @@ _HANDED_OUT_LOCK = threading.Lock()
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now, that this process has not handed
-    out before and that no other process's local server is starting on: the kernel may give
-    the same free port to two servers made at once (two threads starting replicas, or two
-    test workers), and a vLLM binds it only tens of seconds after its start took the port's
-    lock (:func:`_take_port_lock`)."""
+    """A TCP port on 127.0.0.1 that is free right now and that this process has not handed
+    out before: the kernel may give the same free port to two servers made at once (two
+    threads starting replicas), and a server binds it only seconds later."""
     with _HANDED_OUT_LOCK:
         while True:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.bind(("127.0.0.1", 0))
                 port: int = sock.getsockname()[1]
-            if port in _HANDED_OUT:
-                continue
-            lock = _take_port_lock(port)
-            if lock is None:  # another process's server is starting on it
-                continue
-            lock.close()
-            _HANDED_OUT.add(port)
-            return port
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def find_running(api_base: str) -> bool:
