@@ -49,12 +49,6 @@ _SERVER_ARGS = (
     "--enable-prefix-caching",
     "--max-model-len", "2048",
     "--disable-uvicorn-access-log",
-    # The model runs inside the engine-core process, not in a third one (vLLM's CPU default):
-    # measured here, a start takes 30 s instead of 40 and decoding 768 tokens 36 s instead
-    # of 47 (the multiprocess executor reserves one of the two cores for itself). vLLM keeps
-    # "uni" on the CPU only with VLLM_ENABLE_V1_MULTIPROCESSING=0 (below); the API server
-    # still runs the engine core in its own process.
-    "--distributed-executor-backend", "uni",
 )
 _CLASSIFIER_ARGS = (
     # vLLM turns the LM head's "Yes" and "No" logits into one probability (of "Yes") and serves
@@ -67,7 +61,6 @@ _CLASSIFIER_ARGS = (
 )
 _SERVER_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: ~23k tokens of SmolLM2 in float32
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # lets "uni" stand (see _SERVER_ARGS)
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "VLLM_NO_USAGE_STATS": "1",
