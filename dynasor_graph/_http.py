@@ -35,6 +35,13 @@ def encode_json(body: dict[str, Any]) -> bytes:
     return orjson.dumps(body)
 
 
+def json_headers(endpoint: Endpoint) -> dict[str, str]:
+    """The headers of a JSON POST of ours to the server: the key, the content type of
+    :func:`encode_json`'s bytes and the running program's session header."""
+    return {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}",
+            "Content-Type": "application/json", **session_headers()}
+
+
 def shared_client() -> httpx.AsyncClient:
     """The running loop's pooled httpx client."""
     import httpx
@@ -100,10 +107,8 @@ async def post_json(endpoint: Endpoint, path: str, body: dict[str, Any], *,
     import httpx
 
     url = endpoint.server_root + path
-    headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}",
-               "Content-Type": "application/json", **session_headers()}
-    request = shared_client().post(url, content=encode_json(body), headers=headers,
-                                   timeout=endpoint.timeout_s)
+    request = shared_client().post(url, content=encode_json(body),
+                                   headers=json_headers(endpoint), timeout=endpoint.timeout_s)
     try:
         response = await (admitted(0, request) if admit else request)
     except httpx.TransportError as exc:

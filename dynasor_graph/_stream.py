@@ -32,9 +32,9 @@ from typing import Any
 
 from langgraph.config import get_stream_writer
 
-from ._endpoint import Completion, Endpoint, admitted, session_headers
+from ._endpoint import Completion, Endpoint, admitted
 from ._errors import EndpointError, EndpointUnreachable, ServerBusy, ServerRefused, body_message
-from ._http import encode_json, shared_client
+from ._http import encode_json, json_headers, shared_client
 from ._state import Usage
 from ._token_route import completion_body
 from ._transcript import generated_count
@@ -92,8 +92,7 @@ class LiveStream:
         self._body = {**completion_body(endpoint, prompt, max_tokens=self.max_tokens,
                                         temperature=temperature, top_p=top_p, seed=seed),
                       "stream": True, "stream_options": {"include_usage": True}}
-        self._headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}",
-                         "Content-Type": "application/json", **session_headers()}
+        self._headers = json_headers(endpoint)
         self.server_usage: dict[str, Any] | None = None
         self._task = asyncio.create_task(self._admitted())
 
